@@ -1,0 +1,99 @@
+//! `cargo xtask`: the project's automation, and CI's entry point (`.ci/run` calls `cargo xtask test`).
+//!
+//! Every command installs what it needs on a fresh Debian machine (apt packages, npm packages from
+//! committed lockfiles), starts the real services it uses and stops them again.
+
+mod setup;
+mod stack;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "BrightRun project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the local stack with a demo user and say how to reach it (the app joins later).
+    Run,
+    /// Start brightrun-stack in the foreground; extra arguments go to `brightrun-stack up`.
+    Stack {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install what is missing, start the services, run every test suite, stop the services.
+    Test {
+        /// Skip `cargo fmt --check` and clippy (they still run in CI).
+        #[arg(long)]
+        no_lint: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Run => stack::run_demo(),
+        Command::Stack { args } => stack::run_foreground(&args),
+        Command::Test { no_lint } => test(!no_lint),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One step of the test run and whether it passed.
+struct Outcome {
+    step: &'static str,
+    passed: bool,
+}
+
+fn test(lint: bool) -> Result<ExitCode> {
+    setup::ensure_system_packages()?;
+    setup::ensure_npm_packages()?;
+
+    let mut outcomes = Vec::new();
+    if lint {
+        outcomes.push(Outcome { step: "cargo fmt --check", passed: setup::cargo(&["fmt", "--all", "--check"])? });
+        outcomes.push(Outcome {
+            step: "cargo clippy",
+            passed: setup::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?,
+        });
+    }
+    // Build every test binary before starting the stack, so build time is not stack uptime.
+    outcomes.push(Outcome {
+        step: "build tests",
+        passed: setup::cargo(&["nextest", "run", "--workspace", "--no-run"])?,
+    });
+    if outcomes.iter().all(|o| o.passed) {
+        let stack = stack::TestStack::start()?;
+        let env = stack.env();
+        outcomes.push(Outcome {
+            step: "conformance fixtures",
+            passed: setup::psql_file(&stack.db_url, "conformance/fixtures.sql")?,
+        });
+        outcomes.push(Outcome {
+            step: "rust tests (nextest)",
+            passed: setup::cargo_with_env(&["nextest", "run", "--workspace", "--no-fail-fast"], &env)?,
+        });
+        outcomes.push(Outcome {
+            step: "conformance (supabase-js)",
+            passed: setup::npm_test("conformance", &env)?,
+        });
+        stack.stop()?;
+    }
+
+    eprintln!("\nxtask test summary:");
+    for o in &outcomes {
+        eprintln!("  {:<28} {}", o.step, if o.passed { "ok" } else { "FAILED" });
+    }
+    Ok(if outcomes.iter().all(|o| o.passed) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

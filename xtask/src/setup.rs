@@ -1,0 +1,148 @@
+//! Installing what a fresh machine lacks, and running the tools the test run is made of.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_owned()
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn postgres_server_installed() -> bool {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("bin/initdb").is_file())
+        || (have("initdb") && have("postgres"))
+}
+
+/// Debian packages the tests need: PostgreSQL (server + psql) and Node.js for the conformance
+/// suite. Installed with apt only when missing.
+pub fn ensure_system_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    if !postgres_server_installed() {
+        missing.push("postgresql");
+    }
+    if !have("psql") {
+        missing.push("postgresql-client");
+    }
+    if !have("node") {
+        missing.push("nodejs");
+    }
+    if !have("npm") {
+        missing.push("npm");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+    let run = |args: &[&str]| -> Result<()> {
+        let mut full: Vec<&str> = sudo.to_vec();
+        full.extend_from_slice(args);
+        let status = Command::new(full[0])
+            .args(&full[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .with_context(|| format!("running {}", full.join(" ")))?;
+        if !status.success() {
+            bail!("`{}` failed ({status})", full.join(" "));
+        }
+        Ok(())
+    };
+    run(&["apt-get", "update", "-q"])?;
+    let mut install = vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
+    install.extend(missing);
+    run(&install)
+}
+
+/// `npm ci` from the committed lockfile of every Node suite.
+pub fn ensure_npm_packages() -> Result<()> {
+    let dir = root().join("conformance");
+    if !dir.join("package-lock.json").is_file() {
+        return Ok(());
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir)
+        .status()
+        .context("running npm ci")?;
+    if !status.success() {
+        bail!("npm ci in {} failed ({status})", dir.display());
+    }
+    Ok(())
+}
+
+pub fn cargo(args: &[&str]) -> Result<bool> {
+    cargo_with_env(args, &[])
+}
+
+pub fn cargo_with_env(args: &[&str], env: &[(String, String)]) -> Result<bool> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    Ok(status.success())
+}
+
+pub fn psql_file(db_url: &str, file: &str) -> Result<bool> {
+    let path = root().join(file);
+    if !path.is_file() {
+        return Ok(true);
+    }
+    let status = Command::new("psql")
+        .args([db_url, "-q", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(&path)
+        .status()
+        .context("running psql")?;
+    Ok(status.success())
+}
+
+pub fn npm_test(dir: &str, env: &[(String, String)]) -> Result<bool> {
+    let dir = root().join(dir);
+    if !dir.join("package.json").is_file() {
+        bail!("{} has no package.json", dir.display());
+    }
+    eprintln!("xtask: npm test in {}", dir.display());
+    let status = Command::new("npm")
+        .args(["test", "--silent"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&dir)
+        .status()
+        .context("running npm test")?;
+    Ok(status.success())
+}
+
+/// The cargo target directory (honours CARGO_TARGET_DIR and config).
+pub fn target_dir() -> Result<PathBuf> {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(root())
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    meta["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")
+}

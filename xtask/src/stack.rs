@@ -1,0 +1,143 @@
+//! Starting brightrun-stack as a child process: for the test run (temporary data, random port,
+//! the tests' JWT secret) and for people (persistent data, default port, a demo user).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::setup;
+
+/// The secret the test run signs with, so tests can forge expired and foreign tokens. Never used
+/// outside tests.
+const TEST_JWT_SECRET: &str = "brightrun-test-secret-not-for-production-use-0123456789";
+const DEMO_USER: &str = "demo@brightrun.local";
+const DEMO_PASSWORD: &str = "brightrun-demo";
+
+fn build_stack() -> Result<std::path::PathBuf> {
+    if !setup::cargo(&["build", "-p", "brightrun-stack", "--bin", "brightrun-stack"])? {
+        bail!("building brightrun-stack failed");
+    }
+    Ok(setup::target_dir()?.join("debug").join("brightrun-stack"))
+}
+
+/// A stack started for the test run; [`TestStack::stop`] stops it and its PostgreSQL.
+pub struct TestStack {
+    child: Child,
+    data: tempfile::TempDir,
+    pub url: String,
+    pub anon_key: String,
+    pub service_role_key: String,
+    pub db_url: String,
+}
+
+impl TestStack {
+    pub fn start() -> Result<Self> {
+        let bin = build_stack()?;
+        let data = tempfile::Builder::new().prefix("brightrun-xtask-").tempdir()?;
+        let mut child = Command::new(&bin)
+            .args(["up", "--listen", "127.0.0.1:0", "--jwt-secret", TEST_JWT_SECRET, "--data-dir"])
+            .arg(data.path().join("stack"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("stack stdout")?;
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut url, mut anon_key, mut service_role_key, mut db_url) = (None, None, None, None);
+        loop {
+            let line = match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("brightrun-stack did not become ready (see its log above)");
+                }
+            };
+            if line == "ready" {
+                break;
+            }
+            if let Some((key, value)) = line.split_once(": ") {
+                let value = Some(value.to_owned());
+                match key {
+                    "API URL" => url = value,
+                    "anon key" => anon_key = value,
+                    "service_role key" => service_role_key = value,
+                    "DB URL" => db_url = value,
+                    _ => {}
+                }
+            }
+        }
+        Ok(Self {
+            child,
+            data,
+            url: url.context("stack printed no API URL")?,
+            anon_key: anon_key.context("stack printed no anon key")?,
+            service_role_key: service_role_key.context("stack printed no service_role key")?,
+            db_url: db_url.context("stack printed no DB URL")?,
+        })
+    }
+
+    /// What the Rust tests (`BRIGHTRUN_TEST_*`) and the Node suites (`SUPABASE_*`) read.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("BRIGHTRUN_TEST_URL", &self.url),
+            ("BRIGHTRUN_TEST_ANON_KEY", &self.anon_key),
+            ("BRIGHTRUN_TEST_SERVICE_ROLE_KEY", &self.service_role_key),
+            ("BRIGHTRUN_TEST_DB_URL", &self.db_url),
+            ("BRIGHTRUN_TEST_JWT_SECRET", &TEST_JWT_SECRET.to_owned()),
+            ("SUPABASE_URL", &self.url),
+            ("SUPABASE_ANON_KEY", &self.anon_key),
+            ("SUPABASE_SERVICE_ROLE_KEY", &self.service_role_key),
+            ("DATABASE_URL", &self.db_url),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.clone()))
+        .collect()
+    }
+
+    pub fn stop(mut self) -> Result<()> {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).context("signalling the stack")?;
+        let status = self.child.wait()?;
+        drop(self.data);
+        if !status.success() {
+            bail!("brightrun-stack exited with {status} on shutdown");
+        }
+        Ok(())
+    }
+}
+
+/// `cargo xtask stack [ARGS]`: the stack in the foreground, with the project's data directory
+/// unless ARGS name another.
+pub fn run_foreground(args: &[String]) -> Result<ExitCode> {
+    setup::ensure_system_packages()?;
+    let bin = build_stack()?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("up");
+    if !args.iter().any(|a| a == "--data-dir") {
+        cmd.arg("--data-dir").arg(setup::root().join(".brightrun").join("stack"));
+    }
+    cmd.args(args);
+    // Ctrl-C reaches the whole foreground process group: the stack shuts down cleanly by itself.
+    let status = cmd.status().context("running brightrun-stack")?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `cargo xtask run`: until the desktop app exists, the stack with a demo user.
+pub fn run_demo() -> Result<ExitCode> {
+    eprintln!(
+        "xtask: starting brightrun-stack with demo user {DEMO_USER} (password {DEMO_PASSWORD}); Ctrl-C stops it"
+    );
+    run_foreground(&["--demo-user".to_owned(), format!("{DEMO_USER}:{DEMO_PASSWORD}")])
+}
