@@ -62,10 +62,20 @@ fn test(lint: bool) -> Result<ExitCode> {
 
     let mut outcomes = Vec::new();
     if lint {
-        outcomes.push(Outcome { step: "cargo fmt --check", passed: setup::cargo(&["fmt", "--all", "--check"])? });
+        outcomes.push(Outcome {
+            step: "cargo fmt --check",
+            passed: setup::cargo(&["fmt", "--all", "--check"])?,
+        });
         outcomes.push(Outcome {
             step: "cargo clippy",
-            passed: setup::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?,
+            passed: setup::cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?,
         });
     }
     // Build every test binary before starting the stack, so build time is not stack uptime.
@@ -82,7 +92,10 @@ fn test(lint: bool) -> Result<ExitCode> {
         });
         outcomes.push(Outcome {
             step: "rust tests (nextest)",
-            passed: setup::cargo_with_env(&["nextest", "run", "--workspace", "--no-fail-fast"], &env)?,
+            passed: setup::cargo_with_env(
+                &["nextest", "run", "--workspace", "--no-fail-fast"],
+                &env,
+            )?,
         });
         outcomes.push(Outcome {
             step: "conformance (supabase-js)",
@@ -93,7 +106,15 @@ fn test(lint: bool) -> Result<ExitCode> {
 
     eprintln!("\nxtask test summary:");
     for o in &outcomes {
-        eprintln!("  {:<28} {}", o.step, if o.passed { "ok" } else { "FAILED" });
+        eprintln!(
+            "  {:<28} {}",
+            o.step,
+            if o.passed { "ok" } else { "FAILED" }
+        );
     }
-    Ok(if outcomes.iter().all(|o| o.passed) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if outcomes.iter().all(|o| o.passed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

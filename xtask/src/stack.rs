@@ -38,9 +38,18 @@ pub struct TestStack {
 impl TestStack {
     pub fn start() -> Result<Self> {
         let bin = build_stack()?;
-        let data = tempfile::Builder::new().prefix("brightrun-xtask-").tempdir()?;
+        let data = tempfile::Builder::new()
+            .prefix("brightrun-xtask-")
+            .tempdir()?;
         let mut child = Command::new(&bin)
-            .args(["up", "--listen", "127.0.0.1:0", "--jwt-secret", TEST_JWT_SECRET, "--data-dir"])
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--jwt-secret",
+                TEST_JWT_SECRET,
+                "--data-dir",
+            ])
             .arg(data.path().join("stack"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -108,7 +117,8 @@ impl TestStack {
     }
 
     pub fn stop(mut self) -> Result<()> {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).context("signalling the stack")?;
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)
+            .context("signalling the stack")?;
         let status = self.child.wait()?;
         drop(self.data);
         if !status.success() {
@@ -126,12 +136,17 @@ pub fn run_foreground(args: &[String]) -> Result<ExitCode> {
     let mut cmd = Command::new(bin);
     cmd.arg("up");
     if !args.iter().any(|a| a == "--data-dir") {
-        cmd.arg("--data-dir").arg(setup::root().join(".brightrun").join("stack"));
+        cmd.arg("--data-dir")
+            .arg(setup::root().join(".brightrun").join("stack"));
     }
     cmd.args(args);
     // Ctrl-C reaches the whole foreground process group: the stack shuts down cleanly by itself.
     let status = cmd.status().context("running brightrun-stack")?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `cargo xtask run`: until the desktop app exists, the stack with a demo user.
@@ -139,5 +154,8 @@ pub fn run_demo() -> Result<ExitCode> {
     eprintln!(
         "xtask: starting brightrun-stack with demo user {DEMO_USER} (password {DEMO_PASSWORD}); Ctrl-C stops it"
     );
-    run_foreground(&["--demo-user".to_owned(), format!("{DEMO_USER}:{DEMO_PASSWORD}")])
+    run_foreground(&[
+        "--demo-user".to_owned(),
+        format!("{DEMO_USER}:{DEMO_PASSWORD}"),
+    ])
 }

@@ -10,8 +10,16 @@ use serde_json::json;
 
 use crate::AppState;
 
-pub async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let from_header = request.headers().get("apikey").and_then(|v| v.to_str().ok()).map(str::to_owned);
+pub async fn require_api_key(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let from_header = request
+        .headers()
+        .get("apikey")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let key = from_header.or_else(|| {
         url::form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
             .find(|(k, _)| k == "apikey")

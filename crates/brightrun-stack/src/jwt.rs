@@ -24,7 +24,13 @@ impl JwtSecret {
     pub fn generate() -> Self {
         use rand::Rng;
         use rand::distributions::Alphanumeric;
-        Self(rand::thread_rng().sample_iter(&Alphanumeric).take(40).map(char::from).collect())
+        Self(
+            rand::thread_rng()
+                .sample_iter(&Alphanumeric)
+                .take(40)
+                .map(char::from)
+                .collect(),
+        )
     }
 
     pub fn expose(&self) -> &str {
@@ -51,6 +57,10 @@ pub enum JwtError {
     Expired,
     #[error("token is not valid yet")]
     NotYetValid,
+    /// Well-formed, but not signed with this project's secret.
+    #[error("signature verification failed")]
+    BadSignature,
+    /// Not a decodable HS256 JWT at all.
     #[error("{0}")]
     Invalid(String),
 }
@@ -69,7 +79,9 @@ pub struct Keys {
 
 impl fmt::Debug for Keys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keys").field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("Keys")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -85,7 +97,14 @@ impl Keys {
         };
         let anon_key = api_key("anon");
         let service_role_key = api_key("service_role");
-        Self { secret, encoding, decoding, issuer, anon_key, service_role_key }
+        Self {
+            secret,
+            encoding,
+            decoding,
+            issuer,
+            anon_key,
+            service_role_key,
+        }
     }
 
     pub fn secret(&self) -> &JwtSecret {
@@ -112,14 +131,17 @@ impl Keys {
         validation.validate_aud = false;
         validation.validate_nbf = true;
         validation.required_spec_claims.clear();
-        jsonwebtoken::decode::<T>(token, &self.decoding, &validation).map(|d| d.claims).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::ExpiredSignature => JwtError::Expired,
-                ErrorKind::ImmatureSignature => JwtError::NotYetValid,
-                _ => JwtError::Invalid(e.to_string()),
-            }
-        })
+        jsonwebtoken::decode::<T>(token, &self.decoding, &validation)
+            .map(|d| d.claims)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => JwtError::Expired,
+                    ErrorKind::ImmatureSignature => JwtError::NotYetValid,
+                    ErrorKind::InvalidSignature => JwtError::BadSignature,
+                    _ => JwtError::Invalid(e.to_string()),
+                }
+            })
     }
 
     /// Verifies and returns the claims as JSON, as PostgREST hands them to PostgreSQL.
@@ -138,7 +160,11 @@ mod tests {
     use super::*;
 
     fn keys() -> Keys {
-        Keys::new(JwtSecret::new("super-secret-jwt-token-with-at-least-32-characters"), "http://x/auth/v1".into(), 1_700_000_000)
+        Keys::new(
+            JwtSecret::new("super-secret-jwt-token-with-at-least-32-characters"),
+            "http://x/auth/v1".into(),
+            1_700_000_000,
+        )
     }
 
     #[test]
@@ -146,9 +172,13 @@ mod tests {
         let keys = keys();
         let now = chrono::Utc::now().timestamp();
         let fresh = Keys::new(keys.secret().clone(), keys.issuer.clone(), now);
-        let claims = fresh.verify_claims(&fresh.anon_key, Leeway::None).expect("anon key verifies");
+        let claims = fresh
+            .verify_claims(&fresh.anon_key, Leeway::None)
+            .expect("anon key verifies");
         assert_eq!(claims["role"], "anon", "anon key must carry role anon");
-        let claims = fresh.verify_claims(&fresh.service_role_key, Leeway::None).expect("service key verifies");
+        let claims = fresh
+            .verify_claims(&fresh.service_role_key, Leeway::None)
+            .expect("service key verifies");
         assert_eq!(claims["role"], "service_role");
         assert!(fresh.is_api_key(&fresh.anon_key) && !fresh.is_api_key("nope"));
     }
@@ -158,11 +188,28 @@ mod tests {
         let keys = keys();
         let now = chrono::Utc::now().timestamp();
         let expired = keys.sign(&json!({"sub": "x", "exp": now - 10}));
-        assert!(matches!(keys.verify_claims(&expired, Leeway::None), Err(JwtError::Expired)));
-        assert!(keys.verify_claims(&expired, Leeway::PostgRest).is_ok(), "PostgREST allows 30 s skew");
-        let other = Keys::new(JwtSecret::new("another-secret-another-secret-another"), String::new(), now);
+        assert!(matches!(
+            keys.verify_claims(&expired, Leeway::None),
+            Err(JwtError::Expired)
+        ));
+        assert!(
+            keys.verify_claims(&expired, Leeway::PostgRest).is_ok(),
+            "PostgREST allows 30 s skew"
+        );
+        let other = Keys::new(
+            JwtSecret::new("another-secret-another-secret-another"),
+            String::new(),
+            now,
+        );
         let forged = other.sign(&json!({"sub": "x", "exp": now + 100}));
-        assert!(matches!(keys.verify_claims(&forged, Leeway::None), Err(JwtError::Invalid(_))));
+        assert!(matches!(
+            keys.verify_claims(&forged, Leeway::None),
+            Err(JwtError::BadSignature)
+        ));
+        assert!(matches!(
+            keys.verify_claims("not.a.jwt", Leeway::None),
+            Err(JwtError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -23,7 +23,11 @@ enum Command {
         /// Keeps the cluster, the JWT secret and stored objects between runs.
         #[arg(long, env = "BRIGHTRUN_STACK_DATA")]
         data_dir: PathBuf,
-        #[arg(long, env = "BRIGHTRUN_STACK_LISTEN", default_value = "127.0.0.1:54321")]
+        #[arg(
+            long,
+            env = "BRIGHTRUN_STACK_LISTEN",
+            default_value = "127.0.0.1:54321"
+        )]
         listen: SocketAddr,
         /// Overrides the secret kept in the data directory.
         #[arg(long, env = "BRIGHTRUN_STACK_JWT_SECRET", hide_env_values = true)]
@@ -46,7 +50,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Up { data_dir, listen, jwt_secret, jwt_expiry, demo_user } = Cli::parse().command;
+    let Command::Up {
+        data_dir,
+        listen,
+        jwt_secret,
+        jwt_expiry,
+        demo_user,
+    } = Cli::parse().command;
     let config = StackConfig {
         data_dir: Some(data_dir),
         listen,
@@ -57,7 +67,9 @@ async fn main() -> anyhow::Result<()> {
     let stack = Stack::start(config).await?;
     let demo = match demo_user {
         Some(spec) => {
-            let (email, password) = spec.split_once(':').context("--demo-user wants EMAIL:PASSWORD")?;
+            let (email, password) = spec
+                .split_once(':')
+                .context("--demo-user wants EMAIL:PASSWORD")?;
             brightrun_stack::auth::ensure_user(stack.state(), email, password).await?;
             Some(email.to_owned())
         }

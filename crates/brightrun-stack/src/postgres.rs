@@ -30,7 +30,9 @@ pub enum ClusterError {
         "PostgreSQL server binaries (initdb, postgres) not found in /usr/lib/postgresql/*/bin or PATH; install Debian's `postgresql` package or set BRIGHTRUN_PG_BIN"
     )]
     BinariesNotFound,
-    #[error("running as root, but found neither a `postgres` nor a `nobody` user to run PostgreSQL as")]
+    #[error(
+        "running as root, but found neither a `postgres` nor a `nobody` user to run PostgreSQL as"
+    )]
     NoUnprivilegedUser,
     #[error(
         "PostgreSQL must run as user `{user}`, who cannot enter {dir}; choose a data directory outside it (e.g. under /var/lib or /tmp)"
@@ -42,12 +44,20 @@ pub enum ClusterError {
     StartTimeout(Duration, PathBuf),
     #[error("PostgreSQL exited during start-up ({status}); see {log}")]
     ExitedEarly { status: String, log: PathBuf },
+    #[error("the data directory {0} is in use by another PostgreSQL (pid {1}); stop it first")]
+    InUse(PathBuf, i32),
     #[error("i/o on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
-    move |source| ClusterError::Io { path: path.to_owned(), source }
+    move |source| ClusterError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Where a cluster lives: `<root>/pgdata` (the data directory), `<root>/run` (the socket) and
@@ -107,9 +117,13 @@ impl RunAs {
     /// The unprivileged user needs to traverse every ancestor of the root; refuse with a clear
     /// message instead of letting initdb fail with "permission denied".
     fn check_traversable(&self, root: &Path) -> Result<(), ClusterError> {
-        let Some(user) = &self.user else { return Ok(()) };
+        let Some(user) = &self.user else {
+            return Ok(());
+        };
         for dir in root.ancestors().skip(1) {
-            let Ok(meta) = fs::metadata(dir) else { continue };
+            let Ok(meta) = fs::metadata(dir) else {
+                continue;
+            };
             use std::os::unix::fs::MetadataExt;
             let mode = meta.mode();
             let ok = if meta.uid() == user.uid.as_raw() {
@@ -135,7 +149,11 @@ impl RunAs {
 pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
     let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
     if let Some(dir) = std::env::var_os("BRIGHTRUN_PG_BIN").map(PathBuf::from) {
-        return if has_both(&dir) { Ok(dir) } else { Err(ClusterError::BinariesNotFound) };
+        return if has_both(&dir) {
+            Ok(dir)
+        } else {
+            Err(ClusterError::BinariesNotFound)
+        };
     }
     let mut debian: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
         .into_iter()
@@ -157,6 +175,30 @@ pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
         .into_iter()
         .find(|dir| has_both(dir))
         .ok_or(ClusterError::BinariesNotFound)
+}
+
+/// A server of an earlier stack that was killed gets SIGINT from the kernel and shuts down on its
+/// own; give it time to finish instead of failing on its lock file. A server still running after
+/// that belongs to someone else.
+fn wait_for_previous_server(data: &Path) -> Result<(), ClusterError> {
+    let pid_file = data.join("postmaster.pid");
+    let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|text| {
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+    }) else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(5);
+    while kill(Pid::from_raw(pid), None).is_ok() && pid_file.exists() {
+        if Instant::now() > deadline {
+            return Err(ClusterError::InUse(data.to_owned(), pid));
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 /// A running PostgreSQL server. Dropping it stops the server (fast shutdown) and waits for it.
@@ -198,7 +240,16 @@ impl Cluster {
             initdb
                 .arg("-D")
                 .arg(&data)
-                .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-locale", "--no-instructions"])
+                .args([
+                    "-U",
+                    SUPERUSER,
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "--no-instructions",
+                ])
                 .stdin(Stdio::null());
             run_as.apply(&mut initdb);
             let out = initdb.output().map_err(io(&bin))?;
@@ -210,8 +261,14 @@ impl Cluster {
             }
         }
 
+        wait_for_previous_server(&data)?;
+
         let log_path = layout.log_file();
-        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io(&log_path))?;
         run_as.own(&log_path)?;
         let log_err = log.try_clone().map_err(io(&log_path))?;
 
@@ -252,15 +309,25 @@ impl Cluster {
                     }
                 };
                 let _ = pid_tx.send(Ok(Pid::from_raw(child.id() as i32)));
-                let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                let status = child
+                    .wait()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string());
                 let _ = exit_tx.send(status);
             })
             .map_err(io(&bin))?;
         let pid = pid_rx
             .recv()
-            .map_err(|_| ClusterError::Command { what: "postgres".into(), detail: "supervisor died".into() })?
+            .map_err(|_| ClusterError::Command {
+                what: "postgres".into(),
+                detail: "supervisor died".into(),
+            })?
             .map_err(io(&bin))?;
-        let mut cluster = Self { layout, pid, exited: Some(exit_rx) };
+        let mut cluster = Self {
+            layout,
+            pid,
+            exited: Some(exit_rx),
+        };
         cluster.wait_ready(Duration::from_secs(60))?;
         Ok(cluster)
     }
@@ -276,10 +343,16 @@ impl Cluster {
                 && let Ok(status) = rx.try_recv()
             {
                 self.exited = None;
-                return Err(ClusterError::ExitedEarly { status, log: self.layout.log_file() });
+                return Err(ClusterError::ExitedEarly {
+                    status,
+                    log: self.layout.log_file(),
+                });
             }
             if let Ok(text) = fs::read_to_string(&pid_file)
-                && text.lines().nth(7).is_some_and(|status| status.trim() == "ready")
+                && text
+                    .lines()
+                    .nth(7)
+                    .is_some_and(|status| status.trim() == "ready")
             {
                 return Ok(());
             }
@@ -318,7 +391,9 @@ impl Cluster {
     }
 
     fn stop_inner(&mut self) -> Result<(), ClusterError> {
-        let Some(rx) = self.exited.take() else { return Ok(()) };
+        let Some(rx) = self.exited.take() else {
+            return Ok(());
+        };
         let _ = kill(self.pid, Signal::SIGINT);
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(_) => Ok(()),

@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 
 use crate::jwt::{JwtSecret, Keys};
 use crate::postgres::{Cluster, ClusterLayout, SUPERUSER};
-use crate::{auth, gateway, rest};
+use crate::storage::{StorageConfig, StorageState};
+use crate::{auth, gateway, rest, storage};
 
 /// What Supabase provides before a project's migrations: applied on every start, idempotent.
 const BOOTSTRAP: [(&str, &str); 3] = [
@@ -40,6 +41,7 @@ pub struct StackConfig {
     pub jwt_expiry: Duration,
     /// GoTrue `REFRESH_TOKEN_REUSE_INTERVAL` (the CLI and hosted projects use 10 s).
     pub refresh_token_reuse_interval: Duration,
+    pub storage: StorageConfig,
 }
 
 impl Default for StackConfig {
@@ -50,6 +52,7 @@ impl Default for StackConfig {
             jwt_secret: None,
             jwt_expiry: Duration::from_secs(3600),
             refresh_token_reuse_interval: Duration::from_secs(10),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -67,6 +70,7 @@ struct StateInner {
     api: PgPool,
     config: StackConfig,
     rest: rest::RestState,
+    storage: StorageState,
 }
 
 impl AppState {
@@ -85,6 +89,9 @@ impl AppState {
     pub fn rest(&self) -> &rest::RestState {
         &self.0.rest
     }
+    pub fn storage(&self) -> &StorageState {
+        &self.0.storage
+    }
 }
 
 /// A running stack. [`Stack::shutdown`] stops the HTTP server, then PostgreSQL.
@@ -98,7 +105,9 @@ pub struct Stack {
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stack").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Stack")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -107,7 +116,9 @@ impl Stack {
         let (root, temp) = match &config.data_dir {
             Some(dir) => (dir.clone(), None),
             None => {
-                let temp = tempfile::Builder::new().prefix("brightrun-stack-").tempdir()?;
+                let temp = tempfile::Builder::new()
+                    .prefix("brightrun-stack-")
+                    .tempdir()?;
                 (temp.path().to_owned(), Some(temp))
             }
         };
@@ -122,7 +133,10 @@ impl Stack {
             .await
             .context("connecting to PostgreSQL as superuser")?;
         for (name, sql) in BOOTSTRAP {
-            sqlx::raw_sql(sql).execute(&admin).await.with_context(|| format!("bootstrap: {name}"))?;
+            sqlx::raw_sql(sql)
+                .execute(&admin)
+                .await
+                .with_context(|| format!("bootstrap: {name}"))?;
         }
         MIGRATOR.run(&admin).await.context("applying migrations/")?;
         let api = PgPoolOptions::new()
@@ -141,21 +155,55 @@ impl Stack {
             Some(secret) => secret.clone(),
             None => load_or_create_secret(&root.join("jwt_secret"))?,
         };
-        let keys = Keys::new(secret, format!("{url}/auth/v1"), chrono::Utc::now().timestamp());
-        let rest = rest::RestState::load(&api).await.context("reading the schema catalog")?;
-        let state = AppState(Arc::new(StateInner { keys, admin, api, config, rest }));
+        let keys = Keys::new(
+            secret,
+            format!("{url}/auth/v1"),
+            chrono::Utc::now().timestamp(),
+        );
+        let rest = rest::RestState::load(&api)
+            .await
+            .context("reading the schema catalog")?;
+        let storage =
+            StorageState::open(root.join("storage")).context("opening the object store")?;
+        let state = AppState(Arc::new(StateInner {
+            keys,
+            admin,
+            api,
+            config,
+            rest,
+            storage,
+        }));
+        let sweeper = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let expiry = state.config().storage.tus_upload_expiry;
+                let mut every = tokio::time::interval(Duration::from_secs(600));
+                loop {
+                    every.tick().await;
+                    state.storage().sweep_expired_uploads(expiry).await;
+                }
+            })
+        };
 
         let app = router(state.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
+            let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stop_rx.await;
                 })
-                .await
+                .await;
+            sweeper.abort();
+            served
         });
         tracing::info!(%url, "brightrun-stack listening");
-        Ok(Self { url, state, cluster: Some(cluster), server: Some((stop_tx, server)), _temp: temp })
+        Ok(Self {
+            url,
+            state,
+            cluster: Some(cluster),
+            server: Some((stop_tx, server)),
+            _temp: temp,
+        })
     }
 
     /// `http://127.0.0.1:<port>`, the `SUPABASE_URL` of this stack.
@@ -173,7 +221,10 @@ impl Stack {
     }
     /// A libpq URL of the cluster's superuser, for `psql` and direct checks in tests.
     pub fn database_url(&self) -> String {
-        self.cluster.as_ref().map(|c| c.url(SUPERUSER)).unwrap_or_default()
+        self.cluster
+            .as_ref()
+            .map(|c| c.url(SUPERUSER))
+            .unwrap_or_default()
     }
 
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
@@ -195,6 +246,8 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .nest("/auth/v1", auth::router().layer(gate()))
         .nest("/rest/v1", rest::router().layer(gate()))
+        // Storage has no gateway key check: it relies on Authorization, and signed URLs need none.
+        .nest("/storage/v1", storage::router())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -6,4 +6,5 @@ mod support;
 
 mod auth;
 mod rest;
+mod storage;
 mod tenancy;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use brightrun_stack::jwt::{JwtSecret, Keys};
 use serde_json::{Value, json};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// A secret only tests use, so they can forge expired or foreign tokens.
 pub const TEST_JWT_SECRET: &str = "brightrun-test-secret-not-for-production-use-0123456789";
@@ -32,7 +32,10 @@ static STACK: OnceLock<TestStack> = OnceLock::new();
 pub fn stack() -> &'static TestStack {
     STACK.get_or_init(|| {
         if let Ok(url) = std::env::var("BRIGHTRUN_TEST_URL") {
-            let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set with BRIGHTRUN_TEST_URL"));
+            let var = |name: &str| {
+                std::env::var(name)
+                    .unwrap_or_else(|_| panic!("{name} must be set with BRIGHTRUN_TEST_URL"))
+            };
             return TestStack {
                 url,
                 anon_key: var("BRIGHTRUN_TEST_ANON_KEY"),
@@ -52,7 +55,9 @@ pub fn stack() -> &'static TestStack {
                         jwt_secret: Some(JwtSecret::new(TEST_JWT_SECRET)),
                         ..Default::default()
                     };
-                    let stack = brightrun_stack::Stack::start(config).await.expect("stack starts");
+                    let stack = brightrun_stack::Stack::start(config)
+                        .await
+                        .expect("stack starts");
                     tx.send(TestStack {
                         url: stack.url().to_owned(),
                         anon_key: stack.anon_key().to_owned(),
@@ -67,20 +72,29 @@ pub fn stack() -> &'static TestStack {
                 });
             })
             .expect("spawn stack thread");
-        rx.recv_timeout(Duration::from_secs(120)).expect("stack started in time")
+        rx.recv_timeout(Duration::from_secs(120))
+            .expect("stack started in time")
     })
 }
 
 impl TestStack {
     pub fn keys(&self) -> Keys {
-        Keys::new(JwtSecret::new(self.jwt_secret.clone()), format!("{}/auth/v1", self.url), chrono_now())
+        Keys::new(
+            JwtSecret::new(self.jwt_secret.clone()),
+            format!("{}/auth/v1", self.url),
+            chrono_now(),
+        )
     }
 
     /// A superuser pool for direct checks (bypasses RLS: use it to arrange and inspect, never to
     /// exercise what a user can do).
     pub async fn db(&self) -> PgPool {
         let options: PgConnectOptions = self.db_url.parse().expect("db url parses");
-        PgPoolOptions::new().max_connections(2).connect_with(options).await.expect("db connects")
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .expect("db connects")
     }
 
     pub fn rest(&self, path: &str) -> String {
@@ -93,12 +107,22 @@ impl TestStack {
 }
 
 pub fn chrono_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
 }
 
 pub fn http() -> reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")).clone()
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client")
+        })
+        .clone()
 }
 
 /// A unique address per call, so tests sharing one stack never collide.
@@ -137,17 +161,35 @@ pub async fn mint_user(stack: &TestStack, tag: &str) -> TestUser {
         "session_id": uuid::Uuid::new_v4().to_string(), "is_anonymous": false,
         "app_metadata": {"provider": "email", "providers": ["email"]}, "user_metadata": {},
     }));
-    TestUser { id, email, access_token }
+    TestUser {
+        id,
+        email,
+        access_token,
+    }
 }
 
 /// A request to `/rest/v1` as `user` (or anon when `None`), with the anon apikey.
-pub fn rest_as(stack: &TestStack, method: reqwest::Method, path: &str, user: Option<&TestUser>) -> reqwest::RequestBuilder {
-    let bearer = user.map(|u| u.access_token.as_str()).unwrap_or(&stack.anon_key);
-    http().request(method, stack.rest(path)).header("apikey", &stack.anon_key).bearer_auth(bearer)
+pub fn rest_as(
+    stack: &TestStack,
+    method: reqwest::Method,
+    path: &str,
+    user: Option<&TestUser>,
+) -> reqwest::RequestBuilder {
+    let bearer = user
+        .map(|u| u.access_token.as_str())
+        .unwrap_or(&stack.anon_key);
+    http()
+        .request(method, stack.rest(path))
+        .header("apikey", &stack.anon_key)
+        .bearer_auth(bearer)
 }
 
 /// A request to `/rest/v1` with the service_role key (what the worker uses).
-pub fn rest_as_service(stack: &TestStack, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+pub fn rest_as_service(
+    stack: &TestStack,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
     http()
         .request(method, stack.rest(path))
         .header("apikey", &stack.service_role_key)
@@ -157,6 +199,10 @@ pub fn rest_as_service(stack: &TestStack, method: reqwest::Method, path: &str) -
 pub async fn json_of(response: reqwest::Response) -> (reqwest::StatusCode, Value) {
     let status = response.status();
     let text = response.text().await.expect("body");
-    let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
     (status, value)
 }
