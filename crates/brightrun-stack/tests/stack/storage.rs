@@ -542,22 +542,16 @@ async fn tus_patch(
         .expect("tus patch")
 }
 
-/// Polls with empty PATCHes (which change nothing) until one is refused because another request
-/// holds the upload.
-async fn wait_until_locked(url: &str, user: &TestUser, offset: u64) {
-    for _ in 0..10_000 {
-        let probe = tus_patch(url, user, offset, Vec::<u8>::new()).await;
-        if probe.status() == StatusCode::CONFLICT {
+/// Waits until the holding request has bytes on disk past `offset` (it then owns the upload until
+/// its body ends). Polls with HEAD, which never takes the writer lock.
+async fn wait_until_writing(url: &str, user: &TestUser, offset: u64) {
+    for _ in 0..100_000 {
+        if tus_offset(url, user).await > offset {
             return;
         }
-        assert_eq!(
-            probe.status(),
-            StatusCode::NO_CONTENT,
-            "an empty probe changes nothing"
-        );
         tokio::task::yield_now().await;
     }
-    panic!("the holding request never took the upload");
+    panic!("the holding request never started writing");
 }
 
 async fn tus_offset(url: &str, user: &TestUser) -> u64 {
@@ -627,8 +621,8 @@ async fn tus_wrong_offset_and_concurrent_writer_get_409() {
             .await
         })
     };
-    // Wait until the holder owns the upload (an empty probe is refused), not for a time.
-    wait_until_locked(&url, &user, 1024 * 1024).await;
+    // Wait until the holder is writing (it owns the upload until its body ends), not for a time.
+    wait_until_writing(&url, &user, 1024 * 1024).await;
     let second = Some(
         tus_patch(
             &url,
@@ -1025,8 +1019,8 @@ async fn killed_stack_mid_upload_resumes_after_restart() {
                 .await
         })
     };
-    // Kill once the server has taken the writer lock (a second PATCH is refused with 409).
-    wait_until_locked(&url, &user, chunk as u64).await;
+    // Kill once the server is writing the second chunk.
+    wait_until_writing(&url, &user, chunk as u64).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(own.child.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
