@@ -71,7 +71,8 @@ async fn main() -> anyhow::Result<()> {
                 .split_once(':')
                 .context("--demo-user wants EMAIL:PASSWORD")?;
             brightrun_stack::auth::ensure_user(stack.state(), email, password).await?;
-            Some(email.to_owned())
+            // Stored as GoTrue stores it: lowercased.
+            Some(email.to_lowercase())
         }
         None => None,
     };
