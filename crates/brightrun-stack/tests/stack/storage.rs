@@ -456,6 +456,32 @@ async fn limits_size_and_type() {
         "TUS answers the real status"
     );
     assert_eq!(tus.text().await.expect("text"), "Maximum size exceeded\n");
+    let png = http()
+        .post(storage_url(stack, "upload/resumable"))
+        .bearer_auth(&user.access_token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", 16)
+        .header(
+            "upload-metadata",
+            format!(
+                "bucketName {},objectName {},contentType {}",
+                b64(DATASETS),
+                b64(&format!("{}/x.png", user.id)),
+                b64("image/png")
+            ),
+        )
+        .send()
+        .await
+        .expect("tus create png");
+    assert_eq!(
+        png.status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "type checked at creation"
+    );
+    assert_eq!(
+        png.text().await.expect("text"),
+        "mime type image/png is not supported\n"
+    );
     assert_eq!(
         stored_version(stack, DATASETS, &format!("{}/big.jsonl", user.id)).await,
         None,
@@ -1051,6 +1077,82 @@ async fn killed_stack_mid_upload_resumes_after_restart() {
         sha256(&stored.bytes().await.expect("bytes")),
         sha256(&bytes),
         "byte-identical after kill and resume"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(own.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    own.child.wait().expect("stack stops");
+}
+
+#[tokio::test]
+async fn unfinished_tus_upload_expires_after_a_day() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("stack");
+    let mut own = spawn_stack(&data);
+    let local = TestStack {
+        url: own.url.clone(),
+        db_url: format!(
+            "postgresql:///postgres?host={}&port=5432&user=postgres",
+            data.join("run").display()
+        ),
+        ..stack().clone()
+    };
+    let user = mint_user(&local, "st-expiry").await;
+    let name = format!("{}/expiry/data.jsonl", user.id);
+    let created = tus_create(&local, &user, &name, 1000).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let url = created.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    assert_eq!(
+        tus_patch(&url, &user, 0, vec![b'x'; 100]).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        tus_offset(&url, &user).await,
+        100,
+        "alive before the expiry"
+    );
+
+    // Age the upload by 25 hours in its record (the default expiry is 24 h).
+    let uploads = data.join("storage").join("uploads");
+    let record = std::fs::read_dir(&uploads)
+        .expect("uploads dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("upload record");
+    let mut info: Value =
+        serde_json::from_slice(&std::fs::read(&record).expect("read")).expect("json");
+    info["created_at"] = json!(info["created_at"].as_i64().expect("created_at") - 25 * 3600);
+    std::fs::write(&record, serde_json::to_vec(&info).expect("json")).expect("write");
+
+    let head = http()
+        .head(&url)
+        .bearer_auth(&user.access_token)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.status(), StatusCode::GONE, "an expired upload is gone");
+    let patch = tus_patch(&url, &user, 100, vec![b'x'; 900]).await;
+    assert_eq!(
+        patch.status(),
+        StatusCode::NOT_FOUND,
+        "and its bytes were removed"
+    );
+    assert!(
+        std::fs::read_dir(&uploads)
+            .expect("uploads dir")
+            .next()
+            .is_none(),
+        "no files are left behind"
+    );
+    assert_eq!(
+        stored_version(&local, DATASETS, &name).await,
+        None,
+        "no object appeared"
     );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(own.child.id() as i32),
