@@ -1,0 +1,601 @@
+//! Rows of the server's tables and the JSON objects inside them, as PostgREST returns them.
+//!
+//! Field names are the database columns (snake_case), so the same types deserialize a PostgREST
+//! response, serialize an RPC argument and cross the IPC boundary. Timestamps are `timestamptz`
+//! (`"2026-11-22T10:00:00.123456+00:00"`), `numeric` columns arrive as JSON numbers. Columns the
+//! server adds later are ignored; status values this build does not know land in `Other`.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use uuid::Uuid;
+
+use crate::text_enum::text_enum;
+
+/// A `null` in a column that has a database default reads as the type's default, so one odd row
+/// (inserted with an explicit `null`) cannot break a whole list.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+text_enum! {
+    /// `datasets.format`.
+    #[derive(Default)]
+    pub enum DatasetFormat {
+        #[default]
+        /// One `{"messages": [{"role", "content"}]}` object per line (OpenAI chat format).
+        V4 => "brightrun_lora_v4",
+        /// ShareGPT, `{"conversations": [{"from", "value"}]}`; deprecated, convertible to v4.
+        V3 => "brightrun_lora_v3",
+    }
+}
+
+text_enum! {
+    /// `datasets.status`.
+    pub enum DatasetStatus {
+        Uploading => "uploading",
+        Validating => "validating",
+        Ready => "ready",
+        Error => "error",
+    }
+}
+
+text_enum! {
+    /// `training_jobs.status`.
+    pub enum JobStatus {
+        Queued => "queued",
+        Initializing => "initializing",
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+}
+
+impl JobStatus {
+    /// A job in this status will not change again (notifications fire on these).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+text_enum! {
+    /// `training_jobs.current_stage`.
+    pub enum JobStage {
+        Queued => "queued",
+        Initializing => "initializing",
+        Training => "training",
+        Validating => "validating",
+        Saving => "saving",
+        Completed => "completed",
+    }
+}
+
+text_enum! {
+    /// `model_artifacts.status`.
+    pub enum ModelStatus {
+        Stored => "stored",
+        Deployed => "deployed",
+        Archived => "archived",
+    }
+}
+
+text_enum! {
+    /// `cost_records.cost_type`.
+    pub enum CostType {
+        Compute => "compute",
+        Storage => "storage",
+        DataTransfer => "data_transfer",
+    }
+}
+
+text_enum! {
+    /// `notifications.type`.
+    pub enum NotificationType {
+        JobComplete => "job_complete",
+        JobFailed => "job_failed",
+        CostAlert => "cost_alert",
+        DatasetReady => "dataset_ready",
+    }
+}
+
+text_enum! {
+    /// `notifications.priority`.
+    pub enum NotificationPriority {
+        Low => "low",
+        Medium => "medium",
+        High => "high",
+        Critical => "critical",
+    }
+}
+
+text_enum! {
+    /// `training_jobs.preset_id`.
+    pub enum PresetId {
+        Conservative => "conservative",
+        Balanced => "balanced",
+        Aggressive => "aggressive",
+        Custom => "custom",
+    }
+}
+
+text_enum! {
+    /// `model_artifacts.quality_metrics.convergence_quality`.
+    pub enum ConvergenceQuality {
+        Excellent => "excellent",
+        Good => "good",
+        Fair => "fair",
+        Poor => "poor",
+    }
+}
+
+/// One entry of `datasets.validation_errors` (`[{ line, error, suggestion }]` in the spec), with
+/// the richer fields our validator adds; every field but `error` is optional so rows written by
+/// older code still read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredValidationError {
+    #[serde(default)]
+    pub line: Option<u64>,
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byte_offset: Option<u64>,
+}
+
+/// A row of `datasets`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dataset {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub format: DatasetFormat,
+    pub status: DatasetStatus,
+    pub storage_bucket: String,
+    pub storage_path: String,
+    pub file_name: String,
+    pub file_size: i64,
+    pub total_training_pairs: Option<i64>,
+    pub total_validation_pairs: Option<i64>,
+    pub total_tokens: Option<i64>,
+    pub avg_turns_per_conversation: Option<f64>,
+    pub avg_tokens_per_turn: Option<f64>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub training_ready: bool,
+    pub validated_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub validation_errors: Option<Vec<StoredValidationError>>,
+    /// First conversations of the file, for preview; free-form JSON.
+    #[serde(default)]
+    pub sample_data: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// `training_jobs.hyperparameters` (HyperparameterConfig).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HyperparameterConfig {
+    /// e.g. `mistralai/Mistral-7B-v0.1`.
+    pub base_model: String,
+    pub learning_rate: f64,
+    pub batch_size: u32,
+    pub num_epochs: u32,
+    pub lora_rank: u32,
+    pub lora_alpha: u32,
+    pub lora_dropout: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient_accumulation_steps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_grad_norm: Option<f64>,
+}
+
+/// A hyperparameter outside the range the spec's schema allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct HyperparameterProblem {
+    pub field: &'static str,
+    pub rule: &'static str,
+}
+
+impl HyperparameterConfig {
+    /// The spec's range checks (its zod schema), all of them, so a form can mark every field.
+    pub fn problems(&self) -> Vec<HyperparameterProblem> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, field: &'static str, rule: &'static str| {
+            if !ok {
+                problems.push(HyperparameterProblem { field, rule });
+            }
+        };
+        check(
+            !self.base_model.trim().is_empty(),
+            "base_model",
+            "must not be empty",
+        );
+        check(
+            self.learning_rate.is_finite() && self.learning_rate > 0.0,
+            "learning_rate",
+            "must be a positive number",
+        );
+        check(
+            self.batch_size > 0,
+            "batch_size",
+            "must be a positive integer",
+        );
+        check(
+            self.num_epochs > 0,
+            "num_epochs",
+            "must be a positive integer",
+        );
+        check(
+            self.lora_rank > 0,
+            "lora_rank",
+            "must be a positive integer",
+        );
+        check(
+            self.lora_alpha > 0,
+            "lora_alpha",
+            "must be a positive integer",
+        );
+        check(
+            (0.0..=1.0).contains(&self.lora_dropout),
+            "lora_dropout",
+            "must be between 0 and 1",
+        );
+        check(
+            self.weight_decay.is_none_or(|w| w.is_finite() && w >= 0.0),
+            "weight_decay",
+            "must not be negative",
+        );
+        check(
+            self.gradient_accumulation_steps.is_none_or(|s| s > 0),
+            "gradient_accumulation_steps",
+            "must be a positive integer",
+        );
+        check(
+            self.max_grad_norm.is_none_or(|n| n.is_finite() && n > 0.0),
+            "max_grad_norm",
+            "must be a positive number",
+        );
+        problems
+    }
+}
+
+/// `training_jobs.gpu_config` (GPUConfig): the GPU choice snapshotted on the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuConfig {
+    /// e.g. `A100-80GB`.
+    pub gpu_type: String,
+    pub num_gpus: u32,
+    pub gpu_memory_gb: f64,
+    /// Price of ONE GPU for one hour (the spec's 2×A100 option carried the price of two; fixed).
+    pub cost_per_gpu_hour: f64,
+}
+
+/// `training_jobs.current_metrics`: the latest metrics, denormalised for list views.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurrentMetrics {
+    pub training_loss: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_loss: Option<f64>,
+    pub learning_rate: f64,
+    /// Tokens per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<f64>,
+    /// Percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_utilization: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_processed: Option<u64>,
+}
+
+/// A row of `training_jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingJob {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub dataset_id: Uuid,
+    pub preset_id: PresetId,
+    pub hyperparameters: HyperparameterConfig,
+    pub gpu_config: GpuConfig,
+    pub status: JobStatus,
+    pub current_stage: JobStage,
+    /// 0–100.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub progress: f64,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub current_epoch: i64,
+    pub total_epochs: i64,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub current_step: i64,
+    pub total_steps: Option<i64>,
+    pub current_metrics: Option<CurrentMetrics>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub estimated_completion_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub current_cost: f64,
+    pub estimated_total_cost: f64,
+    pub final_cost: Option<f64>,
+    pub error_message: Option<String>,
+    pub error_stack: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub retry_count: i64,
+    pub external_job_id: Option<String>,
+    pub artifact_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A row of `metrics_points`: one logged training step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsPoint {
+    pub id: Uuid,
+    pub job_id: Uuid,
+    pub timestamp: DateTime<Utc>,
+    pub epoch: i64,
+    pub step: i64,
+    pub training_loss: f64,
+    pub validation_loss: Option<f64>,
+    pub learning_rate: f64,
+    pub gradient_norm: Option<f64>,
+    /// Tokens per second.
+    pub throughput: Option<f64>,
+    /// Percent.
+    pub gpu_utilization: Option<f64>,
+}
+
+/// `model_artifacts.quality_metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QualityMetrics {
+    pub final_training_loss: f64,
+    pub final_validation_loss: f64,
+    pub convergence_quality: ConvergenceQuality,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_validation_loss: Option<f64>,
+}
+
+/// `model_artifacts.training_summary`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSummary {
+    pub duration_seconds: f64,
+    pub total_epochs: i64,
+    pub final_learning_rate: f64,
+    pub gpu_hours: f64,
+    pub total_cost: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg_throughput: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_tokens_processed: Option<u64>,
+}
+
+/// `model_artifacts.configuration`: a copy of the job's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobConfiguration {
+    pub preset_id: PresetId,
+    pub hyperparameters: HyperparameterConfig,
+    pub gpu_config: GpuConfig,
+    pub dataset_name: String,
+}
+
+/// Byte sizes of the artifact files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactFileSizes {
+    pub adapter_model: u64,
+    pub adapter_config: u64,
+    pub tokenizer: u64,
+}
+
+/// `model_artifacts.artifacts`: storage paths in `lora-models`, never URLs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactPaths {
+    pub adapter_model_path: String,
+    pub adapter_config_path: String,
+    pub tokenizer_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_sizes: Option<ArtifactFileSizes>,
+}
+
+/// A row of `model_artifacts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelArtifact {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub job_id: Uuid,
+    pub dataset_id: Uuid,
+    pub name: String,
+    pub version: String,
+    pub description: Option<String>,
+    pub status: ModelStatus,
+    pub deployed_at: Option<DateTime<Utc>>,
+    pub quality_metrics: QualityMetrics,
+    pub training_summary: TrainingSummary,
+    pub configuration: JobConfiguration,
+    pub artifacts: ArtifactPaths,
+    pub parent_model_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// `cost_records.details`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CostDetails {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_hours: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_gb: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_gb: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit_cost: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A row of `cost_records`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub job_id: Option<Uuid>,
+    pub cost_type: CostType,
+    pub amount: f64,
+    pub details: Option<CostDetails>,
+    /// First day of the billing period (`date`, `"2026-11-01"`).
+    pub billing_period: NaiveDate,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A row of `notifications`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    /// Column `type`.
+    #[serde(rename = "type")]
+    pub kind: NotificationType,
+    pub title: String,
+    pub message: String,
+    pub priority: NotificationPriority,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub read: bool,
+    pub action_url: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Arguments of the `create_dataset` RPC (CreateDatasetInput).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateDatasetInput {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DatasetFormat>,
+    pub file_name: String,
+    pub file_size: u64,
+}
+
+/// Arguments of the create-training-job call (CreateTrainingJobInput).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateTrainingJobInput {
+    pub dataset_id: Uuid,
+    pub preset_id: PresetId,
+    pub hyperparameters: HyperparameterConfig,
+    pub gpu_config: GpuConfig,
+}
+
+/// A hyperparameter preset. The server's table is the source of truth; [`builtin_presets`] is the
+/// spec's list, for offline use and tests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HyperparameterPreset {
+    pub id: PresetId,
+    pub hyperparameters: HyperparameterConfig,
+}
+
+/// The spec's four presets (HYPERPARAMETER_PRESETS).
+pub fn builtin_presets() -> Vec<HyperparameterPreset> {
+    let preset = |id, learning_rate, batch_size, num_epochs, lora_rank, dropout, warmup| {
+        HyperparameterPreset {
+            id,
+            hyperparameters: HyperparameterConfig {
+                base_model: "mistralai/Mistral-7B-v0.1".to_owned(),
+                learning_rate,
+                batch_size,
+                num_epochs,
+                lora_rank,
+                lora_alpha: lora_rank * 2,
+                lora_dropout: dropout,
+                warmup_steps: warmup,
+                weight_decay: warmup.map(|_| 0.01),
+                gradient_accumulation_steps: None,
+                max_grad_norm: None,
+            },
+        }
+    };
+    vec![
+        preset(PresetId::Conservative, 0.0001, 4, 3, 8, 0.05, Some(100)),
+        preset(PresetId::Balanced, 0.0002, 8, 5, 16, 0.1, Some(200)),
+        preset(PresetId::Aggressive, 0.0003, 16, 10, 32, 0.1, Some(500)),
+        preset(PresetId::Custom, 0.0002, 8, 5, 16, 0.1, None),
+    ]
+}
+
+/// One GPU type of the server's catalogue: what the estimator needs to turn tokens into hours and
+/// hours into money. Prices are per GPU per hour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuCatalogueEntry {
+    pub gpu_type: String,
+    pub gpu_memory_gb: f64,
+    pub price_per_gpu_hour: f64,
+    /// Training throughput of one GPU on the reference model, tokens per second.
+    pub throughput_tokens_per_sec_per_gpu: f64,
+    /// Largest `gpu_count` offered for this type.
+    #[serde(default = "one")]
+    pub max_gpus: u32,
+    #[serde(default = "yes")]
+    pub available: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl GpuCatalogueEntry {
+    /// The [`GpuConfig`] snapshotted on a job that uses `gpu_count` of this GPU.
+    pub fn config(&self, gpu_count: u32) -> GpuConfig {
+        GpuConfig {
+            gpu_type: self.gpu_type.clone(),
+            num_gpus: gpu_count,
+            gpu_memory_gb: self.gpu_memory_gb * f64::from(gpu_count),
+            cost_per_gpu_hour: self.price_per_gpu_hour,
+        }
+    }
+}
+
+/// Context length (tokens) of well-known base models, for the `exceeds_context` warning when the
+/// server's catalogue is not at hand. `None` for a model this table does not know.
+pub fn known_context_length(base_model: &str) -> Option<u32> {
+    let model = base_model.to_ascii_lowercase();
+    let table: &[(&str, u32)] = &[
+        ("mistral-7b-v0.1", 8_192),
+        ("mistral-7b-instruct-v0.2", 32_768),
+        ("mistral-7b-instruct-v0.3", 32_768),
+        ("llama-3.1", 131_072),
+        ("llama-3.2", 131_072),
+        ("meta-llama-3-", 8_192),
+        ("llama-2-", 4_096),
+        ("qwen2.5", 32_768),
+        ("smollm2", 8_192),
+        ("gemma-2", 8_192),
+        ("phi-3-mini-4k", 4_096),
+    ];
+    table
+        .iter()
+        .find(|(fragment, _)| model.contains(fragment))
+        .map(|&(_, tokens)| tokens)
+}

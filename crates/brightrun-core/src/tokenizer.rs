@@ -1,0 +1,90 @@
+//! Token counting behind a small trait, so statistics and the context-length check use a real
+//! tokenizer (not a bytes ÷ 4 guess) and a model-specific one can be plugged in.
+
+use tiktoken_rs::CoreBPE;
+
+/// Counts the tokens a model would see.
+pub trait Tokenizer: Send + Sync {
+    /// A name for reports, e.g. `cl100k_base`.
+    fn name(&self) -> &str;
+
+    /// Tokens in `text` with no special tokens.
+    fn count_tokens(&self, text: &str) -> u64;
+
+    /// Tokens the chat template adds around each message (role header, separators). The default
+    /// follows OpenAI's cookbook: 3 per message plus about 1 for the role name.
+    fn message_overhead_tokens(&self) -> u64 {
+        4
+    }
+}
+
+/// The BPE encodings shipped inside `tiktoken-rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TiktokenEncoding {
+    /// GPT-3.5/GPT-4; a fair stand-in for Llama/Mistral-size vocabularies.
+    Cl100kBase,
+    /// GPT-4o.
+    O200kBase,
+}
+
+/// A tiktoken BPE tokenizer. The ranks are compiled into the binary; the first use parses them
+/// once (tens of milliseconds) and every later use shares that table.
+pub struct TiktokenTokenizer {
+    bpe: &'static CoreBPE,
+    encoding: TiktokenEncoding,
+}
+
+impl TiktokenTokenizer {
+    pub fn new(encoding: TiktokenEncoding) -> Self {
+        let bpe = match encoding {
+            TiktokenEncoding::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
+            TiktokenEncoding::O200kBase => tiktoken_rs::o200k_base_singleton(),
+        };
+        Self { bpe, encoding }
+    }
+
+    /// The default tokenizer for statistics.
+    pub fn cl100k_base() -> Self {
+        Self::new(TiktokenEncoding::Cl100kBase)
+    }
+}
+
+impl std::fmt::Debug for TiktokenTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TiktokenTokenizer")
+            .field("encoding", &self.encoding)
+            .finish()
+    }
+}
+
+impl Tokenizer for TiktokenTokenizer {
+    fn name(&self) -> &str {
+        match self.encoding {
+            TiktokenEncoding::Cl100kBase => "cl100k_base",
+            TiktokenEncoding::O200kBase => "o200k_base",
+        }
+    }
+
+    fn count_tokens(&self, text: &str) -> u64 {
+        self.bpe.count_ordinary(text) as u64
+    }
+}
+
+/// One token per UTF-8 byte: the tokenizer of the worker's byte-level CPU model.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByteTokenizer;
+
+impl Tokenizer for ByteTokenizer {
+    fn name(&self) -> &str {
+        "bytes"
+    }
+
+    fn count_tokens(&self, text: &str) -> u64 {
+        text.len() as u64
+    }
+
+    fn message_overhead_tokens(&self) -> u64 {
+        // A role marker byte and a separator byte.
+        2
+    }
+}

@@ -1,0 +1,10 @@
+//! The integration tests of brightrun-core: one binary, one module per area.
+
+mod chart;
+mod convert;
+mod corpus;
+mod cost;
+mod detect;
+mod model;
+mod props;
+mod validator;
