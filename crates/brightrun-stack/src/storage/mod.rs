@@ -6,6 +6,7 @@
 //! PostgreSQL the way storage-api does it; Rust code only moves bytes.
 
 mod blobs;
+mod drain;
 mod error;
 mod objects;
 mod scope;
@@ -75,4 +76,5 @@ pub fn router() -> Router<AppState> {
         .route("/upload/resumable/{id}", any(tus::item_authenticated))
         // Uploads stream to disk with their own size limits; axum's 2 MB default does not apply.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(drain::drain_unread))
 }
