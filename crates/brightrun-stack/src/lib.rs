@@ -13,5 +13,7 @@ pub mod postgres;
 pub mod rest;
 mod server;
 pub mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use server::{AppState, Stack, StackConfig};
