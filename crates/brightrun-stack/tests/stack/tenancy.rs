@@ -1474,3 +1474,33 @@ async fn storage_policies_keep_each_user_in_their_own_folder() {
         "models take binary weights: {mimes:?}"
     );
 }
+
+/// sqlx's bookkeeping lives in `public`, where default privileges would grant it to the API
+/// roles: it must be neither reachable through REST nor readable as those roles.
+#[tokio::test]
+async fn migrations_table_is_not_exposed() {
+    let stack = stack();
+    let user = mint_user(stack, "migrations-hidden").await;
+    let response = rest_as(stack, Method::GET, "_sqlx_migrations?select=version", Some(&user))
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = json_of(response).await;
+    assert_eq!(status.as_u16(), 404, "not in the schema cache: {body}");
+    let db = stack.db().await;
+    for role in ["anon", "authenticated", "service_role"] {
+        let mut tx = db.begin().await.expect("begin");
+        sqlx::query(&format!("set local role {role}")).execute(&mut *tx).await.expect("set role");
+        let denied = sqlx::query("select count(*) from public._sqlx_migrations")
+            .fetch_one(&mut *tx)
+            .await
+            .expect_err("the API roles may not read the migrations table");
+        assert_eq!(
+            denied.as_database_error().and_then(|e| e.code()).as_deref(),
+            Some("42501"),
+            "{role}: permission denied"
+        );
+        tx.rollback().await.expect("rollback");
+    }
+    db.close().await;
+}
