@@ -141,10 +141,12 @@ impl Stack {
         MIGRATOR.run(&admin).await.context("applying migrations/")?;
         // sqlx keeps its bookkeeping in public, where the bootstrap's default privileges (as on
         // Supabase) would hand it to the API roles. Hosted projects keep theirs out of public.
-        sqlx::query("revoke all on public._sqlx_migrations from public, anon, authenticated, service_role")
-            .execute(&admin)
-            .await
-            .context("hiding the migrations table")?;
+        sqlx::query(
+            "revoke all on public._sqlx_migrations from public, anon, authenticated, service_role",
+        )
+        .execute(&admin)
+        .await
+        .context("hiding the migrations table")?;
         let api = PgPoolOptions::new()
             .max_connections(32)
             .acquire_timeout(Duration::from_secs(10))

@@ -1481,16 +1481,24 @@ async fn storage_policies_keep_each_user_in_their_own_folder() {
 async fn migrations_table_is_not_exposed() {
     let stack = stack();
     let user = mint_user(stack, "migrations-hidden").await;
-    let response = rest_as(stack, Method::GET, "_sqlx_migrations?select=version", Some(&user))
-        .send()
-        .await
-        .expect("request");
+    let response = rest_as(
+        stack,
+        Method::GET,
+        "_sqlx_migrations?select=version",
+        Some(&user),
+    )
+    .send()
+    .await
+    .expect("request");
     let (status, body) = json_of(response).await;
     assert_eq!(status.as_u16(), 404, "not in the schema cache: {body}");
     let db = stack.db().await;
     for role in ["anon", "authenticated", "service_role"] {
         let mut tx = db.begin().await.expect("begin");
-        sqlx::query(&format!("set local role {role}")).execute(&mut *tx).await.expect("set role");
+        sqlx::query(&format!("set local role {role}"))
+            .execute(&mut *tx)
+            .await
+            .expect("set role");
         let denied = sqlx::query("select count(*) from public._sqlx_migrations")
             .fetch_one(&mut *tx)
             .await
