@@ -1,0 +1,1 @@
+//! Typed PostgREST and RPC calls for every product operation.

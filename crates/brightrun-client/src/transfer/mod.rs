@@ -1,0 +1,4 @@
+//! Resumable uploads and verified downloads.
+
+pub mod download;
+pub mod upload;

@@ -1,0 +1,1 @@
+//! Dataset uploads: validate, create_dataset, signed TUS upload streamed from disk, confirm.
