@@ -3,6 +3,7 @@
 //! Every command installs what it needs on a fresh Debian machine (apt packages, npm packages from
 //! committed lockfiles), starts the real services it uses and stops them again.
 
+mod bench;
 mod setup;
 mod stack;
 
@@ -27,6 +28,11 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks of a release stack against named peers (results for docs/benchmarks.md).
+    Bench {
+        #[arg(value_enum, default_value = "all")]
+        which: bench::Which,
+    },
     /// Install what is missing, start the services, run every test suite, stop the services.
     Test {
         /// Skip `cargo fmt --check` and clippy (they still run in CI).
@@ -39,6 +45,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run => stack::run_demo(),
         Command::Stack { args } => stack::run_foreground(&args),
+        Command::Bench { which } => bench::run(which),
         Command::Test { no_lint } => test(!no_lint),
     };
     match result {
@@ -84,7 +91,7 @@ fn test(lint: bool) -> Result<ExitCode> {
         passed: setup::cargo(&["nextest", "run", "--workspace", "--no-run"])?,
     });
     if outcomes.iter().all(|o| o.passed) {
-        let stack = stack::TestStack::start()?;
+        let stack = stack::TestStack::start(stack::Profile::Debug)?;
         let env = stack.env();
         outcomes.push(Outcome {
             step: "conformance fixtures",

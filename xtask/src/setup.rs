@@ -52,7 +52,11 @@ pub fn ensure_system_packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    apt_install(&missing)
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    eprintln!("xtask: installing Debian packages: {}", packages.join(" "));
     let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
     let run = |args: &[&str]| -> Result<()> {
         let mut full: Vec<&str> = sudo.to_vec();
@@ -69,8 +73,16 @@ pub fn ensure_system_packages() -> Result<()> {
     };
     run(&["apt-get", "update", "-q"])?;
     let mut install = vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
-    install.extend(missing);
+    install.extend(packages);
     run(&install)
+}
+
+/// Installs one Debian package when `program` is missing (tools only some commands need).
+pub fn ensure_debian_package(program: &str, package: &str) -> Result<()> {
+    if have(program) {
+        return Ok(());
+    }
+    apt_install(&[package])
 }
 
 /// `npm ci` from the committed lockfile of every Node suite.

@@ -14,15 +14,32 @@ use crate::setup;
 
 /// The secret the test run signs with, so tests can forge expired and foreign tokens. Never used
 /// outside tests.
-const TEST_JWT_SECRET: &str = "brightrun-test-secret-not-for-production-use-0123456789";
+pub const TEST_JWT_SECRET: &str = "brightrun-test-secret-not-for-production-use-0123456789";
 const DEMO_USER: &str = "demo@brightrun.local";
 const DEMO_PASSWORD: &str = "brightrun-demo";
 
-fn build_stack() -> Result<std::path::PathBuf> {
-    if !setup::cargo(&["build", "-p", "brightrun-stack", "--bin", "brightrun-stack"])? {
+/// Which build of the stack to run: tests use the debug build they were compiled with,
+/// benchmarks the release build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
+fn build_stack(profile: Profile) -> Result<std::path::PathBuf> {
+    let mut args = vec!["build", "-p", "brightrun-stack", "--bin", "brightrun-stack"];
+    if profile == Profile::Release {
+        args.push("--release");
+    }
+    if !setup::cargo(&args)? {
         bail!("building brightrun-stack failed");
     }
-    Ok(setup::target_dir()?.join("debug").join("brightrun-stack"))
+    let dir = if profile == Profile::Release {
+        "release"
+    } else {
+        "debug"
+    };
+    Ok(setup::target_dir()?.join(dir).join("brightrun-stack"))
 }
 
 /// A stack started for the test run; [`TestStack::stop`] stops it and its PostgreSQL.
@@ -36,8 +53,8 @@ pub struct TestStack {
 }
 
 impl TestStack {
-    pub fn start() -> Result<Self> {
-        let bin = build_stack()?;
+    pub fn start(profile: Profile) -> Result<Self> {
+        let bin = build_stack(profile)?;
         let data = tempfile::Builder::new()
             .prefix("brightrun-xtask-")
             .tempdir()?;
@@ -116,6 +133,10 @@ impl TestStack {
         .collect()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stop(mut self) -> Result<()> {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)
             .context("signalling the stack")?;
@@ -132,7 +153,7 @@ impl TestStack {
 /// unless ARGS name another.
 pub fn run_foreground(args: &[String]) -> Result<ExitCode> {
     setup::ensure_system_packages()?;
-    let bin = build_stack()?;
+    let bin = build_stack(Profile::Debug)?;
     let mut cmd = Command::new(bin);
     cmd.arg("up");
     if !args.iter().any(|a| a == "--data-dir") {

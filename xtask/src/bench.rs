@@ -1,0 +1,377 @@
+//! `cargo xtask bench`: whole-process benchmarks of a release brightrun-stack against named peers,
+//! measured in one run. Results go to stdout as Markdown rows for docs/benchmarks.md.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use brightrun_stack::jwt::{JwtSecret, Keys};
+use serde_json::json;
+
+use crate::setup;
+use crate::stack::{Profile, TEST_JWT_SECRET, TestStack};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Which {
+    /// A 1000-row RLS-filtered list through /rest/v1 vs the same SQL through pgbench.
+    RestList,
+    /// 1 GiB upload and download through /storage/v1 vs nginx, both driven by curl.
+    Storage,
+    All,
+}
+
+pub fn run(which: Which) -> Result<ExitCode> {
+    setup::ensure_system_packages()?;
+    let stack = TestStack::start(Profile::Release)?;
+    let result = (|| {
+        if matches!(which, Which::RestList | Which::All) {
+            rest_list(&stack)?;
+        }
+        if matches!(which, Which::Storage | Which::All) {
+            storage(&stack)?;
+        }
+        Ok(())
+    })();
+    stack.stop()?;
+    result.map(|_| ExitCode::SUCCESS)
+}
+
+fn psql(db_url: &str, sql: &str) -> Result<String> {
+    let out = Command::new("psql")
+        .args([db_url, "-qAtX", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .context("running psql")?;
+    if !out.status.success() {
+        bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// p50, p99 and mean of latencies in microseconds.
+fn summary(mut micros: Vec<f64>) -> (f64, f64, f64) {
+    micros.sort_by(f64::total_cmp);
+    let at = |q: f64| micros[((micros.len() as f64 - 1.0) * q).round() as usize];
+    let mean = micros.iter().sum::<f64>() / micros.len() as f64;
+    (at(0.50), at(0.99), mean)
+}
+
+const WARMUP: usize = 200;
+const REQUESTS: usize = 2000;
+
+fn rest_list(stack: &TestStack) -> Result<()> {
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    // Two tenants with 1000 datasets each: the list must return A's 1000 and none of B's.
+    psql(
+        &stack.db_url,
+        &format!(
+            "insert into auth.users (id, aud, role, email, raw_app_meta_data, raw_user_meta_data, created_at, updated_at)
+             values ('{a}', 'authenticated', 'authenticated', 'bench-a@example.test', '{{}}', '{{}}', now(), now()),
+                    ('{b}', 'authenticated', 'authenticated', 'bench-b@example.test', '{{}}', '{{}}', now(), now());
+             insert into public.datasets (user_id, name, storage_path, file_name, file_size)
+             select u, 'bench dataset ' || g, u || '/' || gen_random_uuid() || '/train.jsonl', 'train.jsonl', 1048576 + g
+             from unnest(array['{a}'::uuid, '{b}'::uuid]) u, generate_series(1, 1000) g;
+             analyze public.datasets;"
+        ),
+    )?;
+    let now = chrono::Utc::now().timestamp();
+    let keys = Keys::new(
+        JwtSecret::new(TEST_JWT_SECRET),
+        format!("{}/auth/v1", stack.url),
+        now,
+    );
+    let claims = json!({"sub": a.to_string(), "role": "authenticated", "aud": "authenticated", "iat": now, "exp": now + 3600});
+    let token = keys.sign(&claims);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url = format!("{}/rest/v1/datasets?select=*", stack.url);
+    let stack_micros = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let get = || {
+            client
+                .get(&url)
+                .header("apikey", &stack.anon_key)
+                .bearer_auth(&token)
+                .send()
+        };
+        let first: serde_json::Value = get().await?.error_for_status()?.json().await?;
+        let rows = first.as_array().map(Vec::len).unwrap_or(0);
+        if rows != 1000 {
+            bail!("expected the 1000 rows of tenant A through RLS, got {rows}");
+        }
+        let mut micros = Vec::with_capacity(REQUESTS);
+        for i in 0..WARMUP + REQUESTS {
+            let start = Instant::now();
+            let body = get().await?.error_for_status()?.bytes().await?;
+            let elapsed = start.elapsed();
+            anyhow::ensure!(body.len() > 100_000, "short body");
+            if i >= WARMUP {
+                micros.push(elapsed.as_secs_f64() * 1e6);
+            }
+        }
+        Ok(micros)
+    })?;
+
+    // The same transaction PostgREST-style: role and claims set locally, then the list as JSON.
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("list.sql");
+    fs::write(
+        &script,
+        format!(
+            "BEGIN;\nSELECT set_config('search_path', '\"public\", \"extensions\"', true), set_config('role', 'authenticated', true), set_config('request.jwt.claims', '{claims}', true);\nSELECT coalesce(json_agg(pgrst_r), '[]')::text FROM (SELECT \"datasets\".* FROM \"public\".\"datasets\" LIMIT 1000) pgrst_r;\nCOMMIT;\n"
+        ),
+    )?;
+    let authenticator = stack.db_url.replace("user=postgres", "user=authenticator");
+    let pgbench = |transactions: usize, log: bool| -> Result<()> {
+        let mut cmd = Command::new("pgbench");
+        cmd.args(["-n", "-c", "1", "-t", &transactions.to_string(), "-f"])
+            .arg(&script)
+            .current_dir(dir.path());
+        if log {
+            cmd.args(["-l", "--log-prefix", "pgb"]);
+        }
+        let out = cmd
+            .arg(&authenticator)
+            .output()
+            .context("running pgbench")?;
+        if !out.status.success() {
+            bail!("pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    pgbench(WARMUP, false)?;
+    pgbench(REQUESTS, true)?;
+    let mut pg_micros = Vec::new();
+    for entry in fs::read_dir(dir.path())? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("pgb"))
+        {
+            for line in fs::read_to_string(&path)?.lines() {
+                // client_id transaction_no latency_us script_no epoch epoch_us
+                if let Some(us) = line
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|v| v.parse::<f64>().ok())
+                {
+                    pg_micros.push(us);
+                }
+            }
+        }
+    }
+    anyhow::ensure!(
+        pg_micros.len() == REQUESTS,
+        "pgbench logged {} transactions",
+        pg_micros.len()
+    );
+
+    let (s50, s99, smean) = summary(stack_micros);
+    let (p50, p99, pmean) = summary(pg_micros);
+    println!(
+        "\n## rest-list: 1000 of 2000 rows visible through RLS, {REQUESTS} sequential requests after {WARMUP} warm-up\n"
+    );
+    println!("| path | p50 | p99 | mean |");
+    println!("|---|---|---|---|");
+    println!(
+        "| brightrun-stack GET /rest/v1/datasets (HTTP, reqwest keep-alive) | {:.2} ms | {:.2} ms | {:.2} ms |",
+        s50 / 1e3,
+        s99 / 1e3,
+        smean / 1e3
+    );
+    println!(
+        "| pgbench: the same SQL over the unix socket (libpq) | {:.2} ms | {:.2} ms | {:.2} ms |",
+        p50 / 1e3,
+        p99 / 1e3,
+        pmean / 1e3
+    );
+    println!(
+        "| ratio stack / pgbench | {:.2}× | {:.2}× | {:.2}× |",
+        s50 / p50,
+        s99 / p99,
+        smean / pmean
+    );
+    Ok(())
+}
+
+const GIB: u64 = 1024 * 1024 * 1024;
+const ROUNDS: usize = 3;
+
+/// A 1 GiB file of non-repeating-looking bytes (a fast xorshift stream).
+fn make_file(path: &Path) -> Result<()> {
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(path)?);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..(GIB >> 20) {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        file.write_all(&block)?;
+    }
+    file.flush()?;
+    Ok(())
+}
+
+/// curl's measured seconds for one transfer (it streams `-T` uploads from disk).
+fn curl(args: &[&str]) -> Result<f64> {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"])
+        .args(args)
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut parts = text.split_whitespace();
+    let code = parts.next().unwrap_or("");
+    if !out.status.success() || !(code.starts_with('2')) {
+        bail!(
+            "curl {args:?} failed: HTTP {code} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parts
+        .next()
+        .and_then(|t| t.parse().ok())
+        .context("curl printed no time")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn vm_hwm_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmHWM")
+}
+
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+}
+
+fn start_nginx(dir: &Path) -> Result<Nginx> {
+    setup::ensure_debian_package("nginx", "nginx")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    for sub in ["www/dav", "tmp", "logs"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    let user = if nix::unistd::geteuid().is_root() {
+        "user root;\n"
+    } else {
+        ""
+    };
+    let conf = dir.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  sendfile on;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n    client_max_body_size 0;\n    location /dav/ {{ dav_methods PUT; create_full_put_path on; }}\n  }}\n}}\n",
+            d = dir.display()
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .args(["-p"])
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting nginx")?;
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(Nginx { child, port });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("nginx did not listen on port {port}")
+}
+
+fn storage(stack: &TestStack) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("bench.bin");
+    make_file(&file)?;
+    let file_arg = file.to_str().context("utf-8 path")?.to_owned();
+    let auth = format!("Authorization: Bearer {}", stack.service_role_key);
+    let owner = uuid::Uuid::new_v4();
+    let object = |i: usize| {
+        format!(
+            "{}/storage/v1/object/lora-models/{owner}/bench-{i}.bin",
+            stack.url
+        )
+    };
+    let rss_before = vm_hwm_kib(stack.pid())?;
+
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    for i in 0..ROUNDS {
+        up.push(curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &auth,
+            "-H",
+            "content-type: application/octet-stream",
+            "-T",
+            &file_arg,
+            &object(i),
+        ])?);
+        down.push(curl(&["-H", &auth, &object(i)])?);
+    }
+    let rss_peak = vm_hwm_kib(stack.pid())?;
+
+    let nginx = start_nginx(&dir.path().join("nginx"))?;
+    let (mut nup, mut ndown) = (Vec::new(), Vec::new());
+    for i in 0..ROUNDS {
+        let url = format!("http://127.0.0.1:{}/dav/bench-{i}.bin", nginx.port);
+        nup.push(curl(&["-T", &file_arg, &url])?);
+        ndown.push(curl(&[&url])?);
+    }
+    let mut nginx = nginx;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(nginx.child.id() as i32),
+        nix::sys::signal::Signal::SIGQUIT,
+    );
+    let _ = nginx.child.wait();
+
+    let mib = |secs: f64| GIB as f64 / (1024.0 * 1024.0) / secs;
+    let (su, sd, nu, nd) = (median(up), median(down), median(nup), median(ndown));
+    println!("\n## storage: 1 GiB file, curl, median of {ROUNDS} rounds\n");
+    println!(
+        "| transfer | brightrun-stack | nginx (static GET / WebDAV PUT) | ratio stack / nginx |"
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| upload | {:.0} MiB/s ({su:.2} s) | {:.0} MiB/s ({nu:.2} s) | {:.2} |",
+        mib(su),
+        mib(nu),
+        nu / su
+    );
+    println!(
+        "| download | {:.0} MiB/s ({sd:.2} s) | {:.0} MiB/s ({nd:.2} s) | {:.2} |",
+        mib(sd),
+        mib(nd),
+        nd / sd
+    );
+    println!(
+        "\nbrightrun-stack peak RSS (VmHWM): {:.1} MiB before the transfers, {:.1} MiB after {} GiB moved.",
+        rss_before as f64 / 1024.0,
+        rss_peak as f64 / 1024.0,
+        ROUNDS * 2
+    );
+    Ok(())
+}
