@@ -44,3 +44,63 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl ApiError {
+    /// Reads an error answer in the shape `service` uses: GoTrue `{code,message}` (or the legacy
+    /// `{code:int,error_code,msg}`), PostgREST `{code,details,hint,message}`, Storage
+    /// `{statusCode:"4xx",error,message,code}` sent as HTTP 400, TUS plain text.
+    pub async fn from_response(service: Service, response: reqwest::Response) -> Self {
+        let http_status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let text = response.text().await.unwrap_or_default();
+        Self::from_body(service, http_status, &text, retry_after)
+    }
+
+    pub fn from_body(
+        service: Service,
+        http_status: u16,
+        text: &str,
+        retry_after: Option<u64>,
+    ) -> Self {
+        let json: serde_json::Value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+        let field = |name: &str| json.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        let (status, code, message) = match service {
+            Service::Auth => (
+                http_status,
+                field("error_code")
+                    .or_else(|| field("code"))
+                    .unwrap_or_default(),
+                field("msg")
+                    .or_else(|| field("message"))
+                    .or_else(|| field("error_description"))
+                    .or_else(|| field("error")),
+            ),
+            Service::Rest => (
+                http_status,
+                field("code").unwrap_or_default(),
+                field("message"),
+            ),
+            Service::Storage => (
+                field("statusCode")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(http_status),
+                field("code").or_else(|| field("error")).unwrap_or_default(),
+                field("message"),
+            ),
+            Service::Tus => (http_status, String::new(), Some(text.trim_end().to_owned())),
+        };
+        Self {
+            service,
+            status,
+            code,
+            message: message.unwrap_or_else(|| text.trim().chars().take(500).collect()),
+            details: field("details"),
+            hint: field("hint"),
+            retry_after,
+        }
+    }
+}
