@@ -99,7 +99,7 @@ fn test(lint: bool) -> Result<ExitCode> {
         });
         outcomes.push(Outcome {
             step: "rust tests (nextest)",
-            passed: setup::cargo_with_env(
+            passed: setup::cargo_in_keyring_session(
                 &["nextest", "run", "--workspace", "--no-fail-fast"],
                 &env,
             )?,

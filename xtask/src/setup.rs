@@ -49,6 +49,13 @@ pub fn ensure_system_packages() -> Result<()> {
     if !have("npm") {
         missing.push("npm");
     }
+    // A real Secret Service for the keychain tests, in a private D-Bus session.
+    if !have("dbus-run-session") {
+        missing.push("dbus");
+    }
+    if !have("gnome-keyring-daemon") {
+        missing.push("gnome-keyring");
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -114,6 +121,27 @@ pub fn cargo_with_env(args: &[&str], env: &[(String, String)]) -> Result<bool> {
         .current_dir(root())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    Ok(status.success())
+}
+
+/// Runs cargo inside a private D-Bus session with an unlocked gnome-keyring (the Secret Service
+/// the keychain code talks to), so no test touches the user's own keyring.
+pub fn cargo_in_keyring_session(args: &[&str], env: &[(String, String)]) -> Result<bool> {
+    eprintln!(
+        "xtask: cargo {} (in a private D-Bus session with gnome-keyring)",
+        args.join(" ")
+    );
+    // Unlock before anything asks for org.freedesktop.secrets, or D-Bus activation starts a
+    // locked daemon and every keyring call fails.
+    let script = r#"printf '%s' brightrun-test-keyring | gnome-keyring-daemon --unlock --components=secrets >/dev/null || exit 70
+exec "$@""#;
+    let status = Command::new("dbus-run-session")
+        .args(["--", "sh", "-c", script, "sh", env!("CARGO")])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(root())
+        .status()
+        .context("running dbus-run-session")?;
     Ok(status.success())
 }
 
