@@ -635,6 +635,30 @@ async fn visible_object(
     }))
 }
 
+/// The caller and a validated `{expiresIn, paths?}` body of a sign request.
+async fn sign_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Caller, SignRequest)> {
+    let caller = Caller::required(state.keys(), headers)?;
+    let request: SignRequest = json_body(body).await?;
+    if request.expires_in < 1 {
+        return Err(StorageError::invalid_request("body/expiresIn must be >= 1"));
+    }
+    Ok((caller, request))
+}
+
+/// `/object/sign/<bucket>/<name>?token=…`, relative to `/storage/v1` as storage-api returns it.
+fn signed_download_url(state: &AppState, bucket: &str, name: &str, expires_in: i64) -> String {
+    let token = signed_token(
+        state,
+        json!({"url": format!("{bucket}/{name}"), "scope": "download"}),
+        expires_in,
+    );
+    format!("/object/sign/{bucket}/{name}?token={token}")
+}
+
 async fn sign_download(
     state: &AppState,
     headers: &HeaderMap,
@@ -642,24 +666,13 @@ async fn sign_download(
     name: &str,
     body: Body,
 ) -> Result<Response> {
-    let caller = Caller::required(state.keys(), headers)?;
-    let request: SignRequest = json_body(body).await?;
-    if request.expires_in < 1 {
-        return Err(StorageError::invalid_request("body/expiresIn must be >= 1"));
-    }
+    let (caller, request) = sign_request(state, headers, body).await?;
     let bucket = bucket(state, bucket_id).await?;
     visible_object(state, Some(&caller), &bucket.id, name)
         .await?
         .ok_or_else(StorageError::object_not_found)?;
-    let token = signed_token(
-        state,
-        json!({"url": format!("{}/{}", bucket.id, name), "scope": "download"}),
-        request.expires_in,
-    );
-    Ok(
-        Json(json!({"signedURL": format!("/object/sign/{}/{}?token={}", bucket.id, name, token)}))
-            .into_response(),
-    )
+    let url = signed_download_url(state, &bucket.id, name, request.expires_in);
+    Ok(Json(json!({"signedURL": url})).into_response())
 }
 
 async fn sign_download_batch(
@@ -668,21 +681,21 @@ async fn sign_download_batch(
     bucket_id: &str,
     body: Body,
 ) -> Result<Response> {
-    let caller = Caller::required(state.keys(), headers)?;
-    let request: SignRequest = json_body(body).await?;
-    if request.expires_in < 1 {
-        return Err(StorageError::invalid_request("body/expiresIn must be >= 1"));
-    }
+    let (caller, request) = sign_request(state, headers, body).await?;
     let bucket = bucket(state, bucket_id).await?;
     let mut out = Vec::with_capacity(request.paths.len());
     for path in request.paths {
         let visible = visible_object(state, Some(&caller), &bucket.id, &path).await?;
         out.push(match visible {
             Some(_) => {
-                let token = signed_token(state, json!({"url": format!("{}/{}", bucket.id, path), "scope": "download"}), request.expires_in);
-                json!({"error": null, "path": path, "signedURL": format!("/object/sign/{}/{}?token={}", bucket.id, path, token)})
+                let url = signed_download_url(state, &bucket.id, &path, request.expires_in);
+                json!({"error": null, "path": path, "signedURL": url})
             }
-            None => json!({"error": "Either the object does not exist or you do not have access to it", "path": path, "signedURL": null}),
+            None => json!({
+                "error": "Either the object does not exist or you do not have access to it",
+                "path": path,
+                "signedURL": null,
+            }),
         });
     }
     Ok(Json(Value::Array(out)).into_response())
