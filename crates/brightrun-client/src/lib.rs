@@ -22,3 +22,5 @@ pub mod transfer;
 pub use config::{BuildChannel, Project};
 pub use error::{Error, Result};
 pub use secret::Secret;
+pub mod retry;
+pub mod watch;

@@ -1,0 +1,405 @@
+//! The job watcher (ARCHITECTURE §6): polls PostgREST incrementally (`updated_at` cursor, metrics
+//! by `step`), fast while a job runs and the window is visible, slower in the background, backing
+//! off when offline; emits typed [`WatchEvent`]s; raises one [`JobAlert`] per terminal transition
+//! (completed, failed), deduplicated by `job:{id}:{status}` in the local database so a restart
+//! never repeats one, and none for a job the user cancelled.
+//!
+//! Polling sits behind [`JobFeed`] so Supabase Realtime can replace it without touching the rest.
+//! The watcher raises no native notification itself: the shell turns a [`JobAlert`] into one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brightrun_core::{JobStatus, MetricsPoint, TrainingJob};
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use rand::RngCore;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::api::Api;
+use crate::error::{ErrorKind, Result};
+use crate::local::{LocalDb, alert_key};
+use crate::retry::RetryPolicy;
+
+/// Where job changes come from. Polling PostgREST today ([`Api`]); Realtime later.
+pub trait JobFeed: Send + Sync {
+    /// The caller's jobs with `updated_at` after `cursor` (all for `None`), oldest change first.
+    fn jobs_changed_since(
+        &self,
+        cursor: Option<DateTime<Utc>>,
+    ) -> BoxFuture<'_, Result<Vec<TrainingJob>>>;
+    /// A job's metrics after `after_step` (all for `None`), by step.
+    fn metrics_since(
+        &self,
+        job_id: Uuid,
+        after_step: Option<i64>,
+    ) -> BoxFuture<'_, Result<Vec<MetricsPoint>>>;
+}
+
+impl JobFeed for Api {
+    fn jobs_changed_since(
+        &self,
+        cursor: Option<DateTime<Utc>>,
+    ) -> BoxFuture<'_, Result<Vec<TrainingJob>>> {
+        Box::pin(Api::jobs_changed_since(self, cursor))
+    }
+
+    fn metrics_since(
+        &self,
+        job_id: Uuid,
+        after_step: Option<i64>,
+    ) -> BoxFuture<'_, Result<Vec<MetricsPoint>>> {
+        Box::pin(Api::metrics_since(self, job_id, after_step))
+    }
+}
+
+/// Whether the user is looking: the window is visible (or the CLI is watching in a terminal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    Foreground,
+    Background,
+}
+
+/// A job reached a terminal state the user wants to hear about. The text names the job by its
+/// dataset-free short id and status only: no token, no path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobAlert {
+    pub job_id: Uuid,
+    pub status: JobStatus,
+    pub title: String,
+    pub body: String,
+}
+
+impl JobAlert {
+    fn for_job(job: &TrainingJob) -> Self {
+        let short = job.id.simple().to_string()[..8].to_owned();
+        let (title, body) = match job.status {
+            JobStatus::Completed => (
+                "Training complete".to_owned(),
+                match job.final_cost {
+                    Some(cost) => {
+                        format!("Job {short} finished; the adapter is ready (${cost:.2}).")
+                    }
+                    None => format!("Job {short} finished; the adapter is ready."),
+                },
+            ),
+            _ => (
+                "Training failed".to_owned(),
+                format!("Job {short} failed. Open it to see why."),
+            ),
+        };
+        Self {
+            job_id: job.id,
+            status: job.status.clone(),
+            title,
+            body,
+        }
+    }
+}
+
+/// What the watcher reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    /// A job is new or changed (status, progress, cost, ...).
+    JobUpdated(Box<TrainingJob>),
+    /// New metrics points of a job, by step.
+    Metrics {
+        job_id: Uuid,
+        points: Vec<MetricsPoint>,
+    },
+    /// Raise a notification (already deduplicated).
+    Alert(JobAlert),
+    /// A poll failed for a passing reason; the next one is in `retry_in`.
+    Offline { retry_in: Duration },
+    /// A poll succeeded after one or more failures.
+    Online,
+    /// The session ended (signed out, refresh token refused): the watcher stopped.
+    SignedOut,
+}
+
+/// How often to poll. The defaults: every 2 s while a job is active and the window is visible
+/// (a loss curve that lags by more feels stuck), 15 s in the background, 30 s / 120 s when no job
+/// is active (only new jobs from another device can appear); offline, the `offline` backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cadence {
+    pub active_foreground: Duration,
+    pub active_background: Duration,
+    pub idle_foreground: Duration,
+    pub idle_background: Duration,
+    /// Backoff between failed polls (its `max_retries` and `total_timeout` are not used: the
+    /// watcher never gives up on a network).
+    pub offline: RetryPolicy,
+}
+
+impl Default for Cadence {
+    fn default() -> Self {
+        Self {
+            active_foreground: Duration::from_secs(2),
+            active_background: Duration::from_secs(15),
+            idle_foreground: Duration::from_secs(30),
+            idle_background: Duration::from_secs(120),
+            offline: RetryPolicy {
+                base: Duration::from_secs(2),
+                max_backoff: Duration::from_secs(60),
+                ..RetryPolicy::default()
+            },
+        }
+    }
+}
+
+impl Cadence {
+    /// The wait before the next poll. `failures` counts consecutive failed polls.
+    pub fn next_delay(
+        &self,
+        any_active: bool,
+        visibility: Visibility,
+        failures: u32,
+        rng: &mut (impl RngCore + ?Sized),
+    ) -> Duration {
+        if failures > 0 {
+            // Never below the normal cadence: backing off must not poll faster than online.
+            let floor = self.active_foreground;
+            return self.offline.backoff(failures - 1, None, rng).max(floor);
+        }
+        match (any_active, visibility) {
+            (true, Visibility::Foreground) => self.active_foreground,
+            (true, Visibility::Background) => self.active_background,
+            (false, Visibility::Foreground) => self.idle_foreground,
+            (false, Visibility::Background) => self.idle_background,
+        }
+    }
+}
+
+/// Rows whose `updated_at` is up to this much older than the cursor are read again: `updated_at`
+/// is the writing transaction's start time, so a transaction that started before the last poll
+/// and committed after it would otherwise be skipped. Versions already seen are filtered out.
+const CURSOR_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
+fn is_active(status: &JobStatus) -> bool {
+    matches!(
+        status,
+        JobStatus::Queued | JobStatus::Initializing | JobStatus::Running
+    )
+}
+
+/// Watches the jobs of one user.
+pub struct JobWatcher {
+    feed: Arc<dyn JobFeed>,
+    db: LocalDb,
+    user_id: Uuid,
+    /// The newest `updated_at` seen (persisted through the job cache).
+    cursor: Option<DateTime<Utc>>,
+    /// The version (`updated_at`) and status of every job seen.
+    seen: HashMap<Uuid, (DateTime<Utc>, JobStatus)>,
+    /// The last metrics step delivered per job.
+    last_step: HashMap<Uuid, i64>,
+}
+
+impl JobWatcher {
+    /// A watcher that resumes from the local database: jobs cached by an earlier run are known,
+    /// so only changes since then are reported.
+    pub async fn new(feed: Arc<dyn JobFeed>, db: LocalDb, user_id: Uuid) -> Result<Self> {
+        let cached = db.cached_jobs(user_id).await?;
+        let seen = cached
+            .items
+            .iter()
+            .map(|j| (j.id, (j.updated_at, j.status.clone())))
+            .collect();
+        let cursor = db.jobs_cursor(user_id).await?;
+        Ok(Self {
+            feed,
+            db,
+            user_id,
+            cursor,
+            seen,
+            last_step: HashMap::new(),
+        })
+    }
+
+    /// True while any known job is queued or running.
+    pub fn any_active(&self) -> bool {
+        self.seen.values().any(|(_, status)| is_active(status))
+    }
+
+    /// One poll: changed jobs, new metrics of running jobs, alerts for terminal transitions.
+    pub async fn poll_once(&mut self) -> Result<Vec<WatchEvent>> {
+        let first_sync = self.cursor.is_none();
+        let since = self.cursor.map(|c| c - CURSOR_OVERLAP);
+        let changed = self.feed.jobs_changed_since(since).await?;
+        let fetched_at = Utc::now();
+        // Rows read again through the overlap are versions already reported.
+        let fresh: Vec<TrainingJob> = changed
+            .into_iter()
+            .filter(|job| {
+                self.seen
+                    .get(&job.id)
+                    .is_none_or(|(version, _)| *version < job.updated_at)
+            })
+            .collect();
+
+        // Metrics: every active job (the worker may add points without touching the job row),
+        // and a job that just ended, for its last points. Jobs that had ended before the first
+        // sync on this machine are history.
+        let mut targets: Vec<Uuid> = self
+            .seen
+            .iter()
+            .filter(|(id, (_, status))| is_active(status) && !fresh.iter().any(|j| j.id == **id))
+            .map(|(id, _)| *id)
+            .collect();
+        targets.extend(
+            fresh
+                .iter()
+                .filter(|j| {
+                    is_active(&j.status)
+                        || (j.status.is_terminal()
+                            && (!first_sync || self.last_step.contains_key(&j.id)))
+                })
+                .map(|j| j.id),
+        );
+        let mut metrics = Vec::new();
+        for job_id in targets {
+            let after = self.last_step.get(&job_id).copied();
+            let points = self.feed.metrics_since(job_id, after).await?;
+            if let Some(last) = points.last() {
+                self.last_step.insert(job_id, last.step);
+                metrics.push(WatchEvent::Metrics { job_id, points });
+            }
+        }
+
+        let mut events: Vec<WatchEvent> = fresh
+            .iter()
+            .map(|job| WatchEvent::JobUpdated(Box::new(job.clone())))
+            .collect();
+        events.extend(metrics);
+        for job in &fresh {
+            // Cancelled is not here: the user did it and needs no alert.
+            if matches!(job.status, JobStatus::Completed | JobStatus::Failed) {
+                let key = alert_key(job.id, &job.status);
+                // Claimed on the first sync too, silently: jobs that ended before the app was
+                // ever opened here are not news, and must not become news later.
+                let claimed = self.db.claim_alert(&key, fetched_at).await?;
+                if claimed && !first_sync {
+                    events.push(WatchEvent::Alert(JobAlert::for_job(job)));
+                }
+            }
+        }
+
+        // Persist before advancing in memory: if the cache write fails, the next poll repeats
+        // the same window instead of losing it (alerts are deduplicated anyway).
+        self.db.merge_jobs(self.user_id, &fresh, fetched_at).await?;
+        for job in fresh {
+            if job.status.is_terminal() {
+                self.last_step.remove(&job.id);
+            }
+            if self.cursor.is_none_or(|c| job.updated_at > c) {
+                self.cursor = Some(job.updated_at);
+            }
+            self.seen.insert(job.id, (job.updated_at, job.status));
+        }
+        if self.cursor.is_none() {
+            // No jobs at all yet: from now on everything is news.
+            self.cursor = Some(DateTime::<Utc>::UNIX_EPOCH);
+        }
+        Ok(events)
+    }
+
+    /// Polls until `events` is closed or the session ends, at the [`Cadence`] for the current
+    /// visibility; a visibility change wakes it at once.
+    pub async fn run(
+        mut self,
+        cadence: Cadence,
+        mut visibility: watch::Receiver<Visibility>,
+        events: mpsc::Sender<WatchEvent>,
+        mut rng: impl RngCore + Send,
+    ) {
+        let mut failures = 0u32;
+        loop {
+            let outcome = self.poll_once().await;
+            let mut to_send = Vec::new();
+            match outcome {
+                Ok(batch) => {
+                    if failures > 0 {
+                        to_send.push(WatchEvent::Online);
+                    }
+                    failures = 0;
+                    to_send.extend(batch);
+                }
+                // Includes Error::SignedOut.
+                Err(error) if error.kind() == ErrorKind::AuthExpired => {
+                    let _ = events.send(WatchEvent::SignedOut).await;
+                    return;
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    tracing::debug!(kind = error.kind().code(), failures, "job poll failed");
+                }
+            }
+            let delay =
+                cadence.next_delay(self.any_active(), *visibility.borrow(), failures, &mut rng);
+            if failures > 0 {
+                to_send.push(WatchEvent::Offline { retry_in: delay });
+            }
+            for event in to_send {
+                if events.send(event).await.is_err() {
+                    return; // nobody listens any more
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                changed = visibility.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = events.closed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::mock::StepRng;
+
+    use super::*;
+
+    #[test]
+    fn cadence_is_fast_when_it_matters_and_backs_off_offline() {
+        let c = Cadence::default();
+        let mut rng = StepRng::new(u64::MAX, 0);
+        assert_eq!(
+            c.next_delay(true, Visibility::Foreground, 0, &mut rng),
+            Duration::from_secs(2),
+            "a running job in view: fast"
+        );
+        assert_eq!(
+            c.next_delay(true, Visibility::Background, 0, &mut rng),
+            Duration::from_secs(15),
+            "in the background: slower"
+        );
+        assert_eq!(
+            c.next_delay(false, Visibility::Background, 0, &mut rng),
+            Duration::from_secs(120),
+            "nothing running, not looking: slowest"
+        );
+        let offline: Vec<_> = (1..=8)
+            .map(|f| c.next_delay(true, Visibility::Foreground, f, &mut rng))
+            .collect();
+        assert!(
+            offline.windows(2).all(|w| w[0] <= w[1]),
+            "offline waits grow: {offline:?}"
+        );
+        assert!(
+            offline.iter().all(|d| *d <= Duration::from_secs(60)),
+            "and stay capped: {offline:?}"
+        );
+        let mut zero = StepRng::new(0, 0);
+        assert_eq!(
+            c.next_delay(true, Visibility::Foreground, 1, &mut zero),
+            Duration::from_secs(2),
+            "jitter never polls faster than the online cadence"
+        );
+    }
+}
