@@ -1,0 +1,272 @@
+//! Dataset uploads against the real stack: cuts at random offsets, an interrupted run resumed
+//! with an expired token, a crash between create_dataset and its answer, refusals.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use brightrun_client::Secret;
+use brightrun_client::transfer::upload::{SignFn, sign_upload};
+use brightrun_client::transfer::{
+    Phase, Progress, ProgressFn, RetryConfig, TransferError, UploadOptions, UploadRequest, Uploader,
+};
+use brightrun_stack::testing::mint_user;
+use serde_json::json;
+
+use crate::proxy::{Direction, FaultProxy};
+use crate::transfer_fixtures::*;
+
+fn options(chunk: u64) -> UploadOptions {
+    UploadOptions {
+        chunk_size: chunk,
+        retry: RetryConfig::fast(),
+        ..UploadOptions::default()
+    }
+}
+
+/// The upload finished: one dataset row, validating, whose object is the file byte for byte.
+async fn assert_uploaded_once(user: uuid::Uuid, file: &std::path::Path, dataset_id: uuid::Uuid) {
+    let rows = dataset_rows(user).await;
+    assert_eq!(rows.len(), 1, "exactly one dataset row, got {rows:?}");
+    assert_eq!(rows[0].0, dataset_id, "the outcome names the dataset row");
+    assert_eq!(rows[0].1, "validating", "the upload was confirmed");
+    let stored = stored_object("lora-datasets", &rows[0].2).await;
+    assert_eq!(
+        sha256_hex(&stored),
+        file_sha256(file),
+        "the stored object is the file"
+    );
+}
+
+#[tokio::test]
+async fn upload_survives_twenty_cuts_at_random_offsets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dataset_file(dir.path(), "cuts.jsonl", 3 * 1024 * 1024);
+    let user = mint_user(stack(), "upload-cuts").await;
+    let proxy = FaultProxy::start(&stack().url).await;
+    proxy.cut_connections(24, Direction::Up, 16 * 1024, 256 * 1024, 20261122);
+    let uploader = Uploader::new(
+        session_at(&proxy.url(), &user),
+        local_store(dir.path()).await,
+        options(1024 * 1024),
+    );
+    let outcome = uploader
+        .upload(&UploadRequest::new(&file), None)
+        .await
+        .expect("the upload completes despite the cuts");
+    assert!(
+        proxy.cuts_done() >= 20,
+        "at least 20 connections were cut, got {}",
+        proxy.cuts_done()
+    );
+    assert_uploaded_once(user.id, &file, outcome.dataset_id).await;
+    assert!(
+        uploader.unfinished().await.expect("state").is_empty(),
+        "nothing is left to resume"
+    );
+
+    let again = uploader
+        .upload(&UploadRequest::new(&file), None)
+        .await
+        .expect("running the same upload again");
+    assert!(
+        again.already_uploaded,
+        "the same file again finds the dataset instead of making another"
+    );
+    assert_eq!(again.dataset_id, outcome.dataset_id, "the same dataset");
+    assert_eq!(dataset_rows(user.id).await.len(), 1, "still one row");
+}
+
+/// A signer that hands out an expired (forged) token first, then real ones.
+fn expired_first(
+    session: Arc<brightrun_client::session::Session>,
+    calls: Arc<AtomicU32>,
+) -> SignFn {
+    Arc::new(move |bucket: String, path: String| {
+        let session = session.clone();
+        let calls = calls.clone();
+        Box::pin(async move {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                let now = brightrun_stack::testing::chrono_now();
+                let token = stack().keys().sign(&json!({
+                    "url": format!("{bucket}/{path}"), "scope": "upload", "upsert": false,
+                    "owner": session.user_id().to_string(), "iat": now - 120, "exp": now - 60,
+                }));
+                return Ok(Secret::new(token));
+            }
+            sign_upload(&session, &bucket, &path).await
+        })
+    })
+}
+
+#[tokio::test]
+async fn an_interrupted_upload_resumes_with_a_renewed_token_and_one_dataset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dataset_file(dir.path(), "resume.jsonl", 2 * 1024 * 1024);
+    let user = mint_user(stack(), "upload-resume").await;
+    let proxy = FaultProxy::start(&stack().url).await;
+    let store = local_store(dir.path()).await;
+
+    // First run: held by the proxy half-way, then dropped (as a killed process would be).
+    proxy.hold_after(Direction::Up, 1024 * 1024);
+    let first = Uploader::new(
+        session_at(&proxy.url(), &user),
+        store.clone(),
+        options(256 * 1024),
+    );
+    let request = UploadRequest::new(&file);
+    let (sink, mut moved, _) = moving_sink();
+    tokio::select! {
+        result = first.upload(&request, Some(sink)) => {
+            panic!("the held upload cannot finish: {result:?}")
+        }
+        () = async {
+            moved.wait_for(|&m| m).await.expect("progress sender lives");
+            proxy.wait_held().await;
+        } => {}
+    }
+    drop(first);
+    proxy.open_gate();
+    let pending = store
+        .unfinished(&format!("{}/", proxy.url()), &user.id.to_string())
+        .await
+        .expect("state");
+    assert_eq!(pending.len(), 1, "the interrupted upload is recorded");
+    assert!(
+        pending[0].tus_url.is_some() && pending[0].dataset_id.is_some(),
+        "its dataset and TUS URL are recorded: {pending:?}"
+    );
+
+    // Second run: the first token it gets has expired.
+    let calls = Arc::new(AtomicU32::new(0));
+    let session = session_at(&proxy.url(), &user);
+    let second = Uploader::new(session.clone(), store, options(256 * 1024))
+        .with_signer(expired_first(session, calls.clone()));
+    let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let sink: ProgressFn = {
+        let seen = seen.clone();
+        Arc::new(move |p: &Progress| seen.lock().expect("lock").push(p.clone()))
+    };
+    let outcome = second
+        .upload(&UploadRequest::new(&file), Some(sink))
+        .await
+        .expect("the resumed upload completes");
+    assert!(
+        calls.load(Ordering::SeqCst) >= 2,
+        "the expired token was replaced by a new one"
+    );
+    let resumed = outcome.resumed_from.expect("the second run resumed");
+    assert!(
+        resumed >= 256 * 1024,
+        "the second run started where the first stopped, not at 0: {resumed}"
+    );
+    assert_uploaded_once(user.id, &file, outcome.dataset_id).await;
+    let seen = seen.lock().expect("lock");
+    assert!(
+        seen.iter().any(|p| p.phase == Phase::Validating),
+        "validation progress is reported"
+    );
+    let last = seen.last().expect("progress was reported");
+    assert_eq!(
+        (last.phase, last.bytes, last.total),
+        (Phase::Done, outcome.bytes, outcome.bytes),
+        "the last report is the whole file, done"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_after_create_dataset_adopts_that_dataset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dataset_file(dir.path(), "adopt.jsonl", 64 * 1024);
+    let user = mint_user(stack(), "upload-adopt").await;
+    let store = local_store(dir.path()).await;
+    let session = session_at(&stack().url, &user);
+
+    // The earlier run wrote its row, called create_dataset, and died before hearing the answer.
+    let (_, fingerprint) =
+        brightrun_client::transfer::upload::validate_file(&file, &Default::default(), None)
+            .await
+            .expect("validates");
+    let canonical = std::fs::canonicalize(&file).expect("canonical path");
+    store
+        .start(
+            session.project().url.as_str(),
+            &user.id.to_string(),
+            &canonical.to_string_lossy(),
+            &fingerprint,
+            "adopt",
+        )
+        .await
+        .expect("state row");
+    let response = http()
+        .post(format!("{}/rest/v1/rpc/create_dataset", stack().url))
+        .header("apikey", &stack().anon_key)
+        .bearer_auth(&user.access_token)
+        .json(&json!({"name": "adopt", "file_name": "adopt.jsonl", "file_size": fingerprint.size}))
+        .send()
+        .await
+        .expect("create_dataset");
+    assert!(response.status().is_success(), "create_dataset works");
+
+    let outcome = Uploader::new(session, store, options(1024 * 1024))
+        .upload(&UploadRequest::new(&file), None)
+        .await
+        .expect("the upload completes");
+    assert_uploaded_once(user.id, &file, outcome.dataset_id).await;
+}
+
+#[tokio::test]
+async fn a_dataset_with_errors_is_refused_before_anything_is_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &file,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n\
+         not json\n\
+         {\"messages\": []}\n\
+         {\"messages\": [{\"role\": \"user\", \"content\": \"no answer\"}]}\n",
+    )
+    .expect("write");
+    let user = mint_user(stack(), "upload-invalid").await;
+    let uploader = Uploader::new(
+        session_at(&stack().url, &user),
+        local_store(dir.path()).await,
+        options(1024 * 1024),
+    );
+    let error = uploader
+        .upload(&UploadRequest::new(&file), None)
+        .await
+        .expect_err("a file with errors is refused");
+    let TransferError::Invalid(report) = error else {
+        panic!("expected the validation report, got {error:?}");
+    };
+    assert_eq!(report.error_count, 3, "every error is reported: {report:?}");
+    let lines: Vec<_> = report.errors.iter().filter_map(|e| e.line).collect();
+    assert_eq!(lines, [2, 3, 4], "each error names its line");
+    assert!(
+        dataset_rows(user.id).await.is_empty(),
+        "no dataset row was made"
+    );
+}
+
+#[tokio::test]
+async fn a_type_the_bucket_refuses_is_a_415() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dataset_file(dir.path(), "typed.jsonl", 16 * 1024);
+    let user = mint_user(stack(), "upload-415").await;
+    let uploader = Uploader::new(
+        session_at(&stack().url, &user),
+        local_store(dir.path()).await,
+        UploadOptions {
+            content_type: "image/png".into(),
+            ..options(1024 * 1024)
+        },
+    );
+    let error = uploader
+        .upload(&UploadRequest::new(&file), None)
+        .await
+        .expect_err("the bucket refuses image/png");
+    assert!(
+        matches!(error, TransferError::UnsupportedType(_)),
+        "a 415 is UnsupportedType, got {error:?}"
+    );
+}
