@@ -1,0 +1,365 @@
+//! Printing: human text by default, JSON with `--json`; progress as a bar on a terminal or as
+//! JSON lines on stderr (`--progress json`, for scripts and tests).
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::Path;
+use std::sync::Arc;
+
+use brightrun_client::api::TrainingCostEstimate;
+use brightrun_client::transfer::{Downloaded, Phase, Progress, ProgressFn, UploadOutcome};
+use brightrun_core::{
+    Dataset, ModelArtifact, Notification, Severity, TrainingJob, ValidationReport,
+};
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// A bar when stderr is a terminal, nothing otherwise.
+    Auto,
+    Bar,
+    /// One JSON object per line on stderr.
+    Json,
+    None,
+}
+
+pub struct Output {
+    json: bool,
+}
+
+impl Output {
+    pub fn new(json: bool) -> Self {
+        Self { json }
+    }
+
+    /// The command's result.
+    pub fn value<T: Serialize + ?Sized>(&self, value: &T, human: impl FnOnce() -> String) {
+        if self.json {
+            match serde_json::to_string_pretty(value) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("error: cannot print JSON: {e}"),
+            }
+        } else {
+            println!("{}", human());
+        }
+    }
+
+    /// One line of a stream (`jobs watch`): compact JSON per line with `--json`.
+    pub fn line<T: Serialize + ?Sized>(&self, value: &T, human: impl FnOnce() -> String) {
+        if self.json {
+            if let Ok(text) = serde_json::to_string(value) {
+                println!("{text}");
+            }
+        } else {
+            println!("{}", human());
+        }
+        let _ = std::io::stdout().flush();
+    }
+
+    pub fn error(&self, error: &anyhow::Error) {
+        let kind = error
+            .chain()
+            .find_map(|e| e.downcast_ref::<brightrun_client::Error>())
+            .map(|e| e.kind().code());
+        if self.json {
+            let json = serde_json::json!({
+                "error": {"code": kind.unwrap_or("other"), "message": format!("{error:#}")}
+            });
+            println!("{json}");
+        } else {
+            eprintln!("error: {error:#}");
+        }
+    }
+
+    pub fn progress(&self, mode: ProgressMode, label: &str) -> Progressor {
+        let mode = match mode {
+            ProgressMode::Auto if std::io::stderr().is_terminal() && !self.json => {
+                ProgressMode::Bar
+            }
+            ProgressMode::Auto => ProgressMode::None,
+            other => other,
+        };
+        match mode {
+            ProgressMode::Bar => {
+                let bar = ProgressBar::new(0);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar.set_message(label.to_owned());
+                Progressor::Bar(bar)
+            }
+            ProgressMode::Json => Progressor::Json,
+            _ => Progressor::None,
+        }
+    }
+}
+
+pub enum Progressor {
+    Bar(ProgressBar),
+    Json,
+    None,
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Validating => "validating",
+        Phase::Preparing => "preparing",
+        Phase::Transferring => "transferring",
+        Phase::Verifying => "verifying",
+        Phase::Confirming => "confirming",
+        Phase::Done => "done",
+    }
+}
+
+impl Progressor {
+    pub fn sink(&self) -> Option<ProgressFn> {
+        match self {
+            Self::Bar(bar) => {
+                let bar = bar.clone();
+                Some(Arc::new(move |p: &Progress| {
+                    bar.set_length(p.total);
+                    bar.set_position(p.bytes);
+                    let name = match &p.item {
+                        Some(item) => format!("{} {item}", phase_name(p.phase)),
+                        None => phase_name(p.phase).to_owned(),
+                    };
+                    bar.set_message(name);
+                }))
+            }
+            Self::Json => Some(Arc::new(|p: &Progress| {
+                if let Ok(line) =
+                    serde_json::to_string(&serde_json::json!({"event": "progress", "progress": p}))
+                {
+                    let mut err = std::io::stderr().lock();
+                    let _ = writeln!(err, "{line}");
+                    let _ = err.flush();
+                }
+            })),
+            Self::None => None,
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Self::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+pub fn report(file: &Path, report: &ValidationReport) -> String {
+    let mut out = String::new();
+    for issue in report.errors.iter().chain(&report.warnings) {
+        let what = match issue.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let line = issue.line.map_or_else(String::new, |l| format!(":{l}"));
+        let field = issue
+            .field
+            .as_deref()
+            .map_or_else(String::new, |f| format!(" [{f}]"));
+        out.push_str(&format!(
+            "{}{line}: {what} {}{field}: {}\n",
+            file.display(),
+            issue.code.as_str(),
+            issue.message
+        ));
+        if let Some(s) = &issue.suggestion {
+            out.push_str(&format!("    hint: {s}\n"));
+        }
+    }
+    if report.omitted_issues() > 0 {
+        out.push_str(&format!(
+            "... and {} more issues not listed\n",
+            report.omitted_issues()
+        ));
+    }
+    let s = &report.statistics;
+    out.push_str(&format!(
+        "{} errors, {} warnings; {} conversations ({} training pairs, {} validation pairs), {} tokens ({})",
+        report.error_count,
+        report.warning_count,
+        s.conversations,
+        s.training.pairs,
+        s.validation.pairs,
+        s.tokens.total,
+        s.tokens.tokenizer,
+    ));
+    out
+}
+
+pub fn uploaded(file: &Path, outcome: &UploadOutcome) -> String {
+    if outcome.already_uploaded {
+        return format!(
+            "{} was already uploaded as dataset {} (use --new to upload it again).",
+            file.display(),
+            outcome.dataset_id
+        );
+    }
+    let resumed = match outcome.resumed_from {
+        Some(n) if n > 0 => format!(" (resumed at {})", mib(n)),
+        _ => String::new(),
+    };
+    format!(
+        "Uploaded {} ({}){resumed} as dataset {}; the server is validating it.",
+        file.display(),
+        mib(outcome.bytes),
+        outcome.dataset_id
+    )
+}
+
+pub fn datasets(list: &[Dataset]) -> String {
+    if list.is_empty() {
+        return "No datasets.".into();
+    }
+    list.iter()
+        .map(|d| {
+            format!(
+                "{}  {:<10}  {:>10}  {}",
+                d.id,
+                d.status.as_str(),
+                mib(u64::try_from(d.file_size).unwrap_or(0)),
+                d.name
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn dataset(d: &Dataset) -> String {
+    let mut out = format!(
+        "{}\n  id: {}\n  status: {}\n  file: {} ({})\n  format: {}\n  training ready: {}",
+        d.name,
+        d.id,
+        d.status.as_str(),
+        d.file_name,
+        mib(u64::try_from(d.file_size).unwrap_or(0)),
+        d.format.as_str(),
+        d.training_ready
+    );
+    if let (Some(t), Some(v)) = (d.total_training_pairs, d.total_validation_pairs) {
+        out.push_str(&format!("\n  pairs: {t} training, {v} validation"));
+    }
+    if let Some(tokens) = d.total_tokens {
+        out.push_str(&format!("\n  tokens: {tokens}"));
+    }
+    for e in d.validation_errors.iter().flatten() {
+        let line = e.line.map_or_else(String::new, |l| format!("line {l}: "));
+        out.push_str(&format!("\n  {line}{}", e.error));
+    }
+    out
+}
+
+pub fn estimate(e: &TrainingCostEstimate) -> String {
+    format!(
+        "${:.2} {} for about {:.2} h on {} x {}\n  {} tokens/epoch x {} epochs at {:.0} tokens/s/GPU (efficiency {:.2}) + {:.2} h overhead, ${:.2}/GPU-hour",
+        e.estimated_cost,
+        e.currency,
+        e.estimated_hours,
+        e.gpu_count,
+        e.gpu_type,
+        e.tokens_per_epoch,
+        e.epochs,
+        e.tokens_per_second_per_gpu,
+        e.scaling_efficiency,
+        e.overhead_hours,
+        e.price_per_gpu_hour
+    )
+}
+
+pub fn job_line(j: &TrainingJob) -> String {
+    let loss = j
+        .current_metrics
+        .as_ref()
+        .map_or_else(String::new, |m| format!("  loss {:.4}", m.training_loss));
+    format!(
+        "{}  {:<10} {:>5.1}%  step {}{}  ${:.2}",
+        j.id,
+        j.status.as_str(),
+        j.progress,
+        j.current_step,
+        loss,
+        j.current_cost
+    )
+}
+
+pub fn job(j: &TrainingJob) -> String {
+    format!(
+        "{}\n  dataset: {}\n  preset: {}\n  GPUs: {} x {}\n  estimated: ${:.2}{}",
+        job_line(j),
+        j.dataset_id,
+        j.preset_id.as_str(),
+        j.gpu_config.num_gpus,
+        j.gpu_config.gpu_type,
+        j.estimated_total_cost,
+        j.error_message
+            .as_deref()
+            .map_or_else(String::new, |e| format!("\n  error: {e}"))
+    )
+}
+
+pub fn jobs(list: &[TrainingJob]) -> String {
+    if list.is_empty() {
+        return "No jobs.".into();
+    }
+    list.iter().map(job_line).collect::<Vec<_>>().join("\n")
+}
+
+pub fn models(list: &[ModelArtifact]) -> String {
+    if list.is_empty() {
+        return "No models.".into();
+    }
+    list.iter()
+        .map(|m| {
+            format!(
+                "{}  {}  job {}  loss {:.4}",
+                m.id, m.name, m.job_id, m.quality_metrics.final_training_loss
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn downloaded(files: &[Downloaded]) -> String {
+    files
+        .iter()
+        .map(|f| {
+            let how = if f.already_present {
+                "already there, verified"
+            } else if f.verified {
+                "downloaded, SHA-256 verified"
+            } else {
+                "downloaded, NOT verified (no digest recorded)"
+            };
+            format!("{} ({}): {how}", f.path.display(), mib(f.size))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn notifications(list: &[Notification]) -> String {
+    if list.is_empty() {
+        return "No notifications.".into();
+    }
+    list.iter()
+        .map(|n| {
+            format!(
+                "{} {}  {}: {}",
+                if n.read { " " } else { "*" },
+                n.created_at.format("%Y-%m-%d %H:%M"),
+                n.title,
+                n.message
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
