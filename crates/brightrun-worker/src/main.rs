@@ -1,0 +1,3 @@
+//! `brightrun-worker`: the job runner process.
+
+fn main() {}

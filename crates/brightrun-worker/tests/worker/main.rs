@@ -1,0 +1,1 @@
+//! Integration tests of brightrun-worker against a real brightrun-stack.
