@@ -42,10 +42,12 @@ fn build_stack(profile: Profile) -> Result<std::path::PathBuf> {
     Ok(setup::target_dir()?.join(dir).join("brightrun-stack"))
 }
 
-/// A stack started for the test run; [`TestStack::stop`] stops it and its PostgreSQL.
+/// A stack started for the test run; [`TestStack::stop`] (or dropping it, on an early error)
+/// stops it and its PostgreSQL before the temporary data goes.
 pub struct TestStack {
     child: Child,
-    data: tempfile::TempDir,
+    /// Removed after `Drop::drop` has stopped the stack (fields drop after it).
+    _data: tempfile::TempDir,
     pub url: String,
     pub anon_key: String,
     pub service_role_key: String,
@@ -107,7 +109,7 @@ impl TestStack {
         }
         Ok(Self {
             child,
-            data,
+            _data: data,
             url: url.context("stack printed no API URL")?,
             anon_key: anon_key.context("stack printed no anon key")?,
             service_role_key: service_role_key.context("stack printed no service_role key")?,
@@ -137,15 +139,28 @@ impl TestStack {
         self.child.id()
     }
 
+    /// Stops the stack and reports an unclean exit; dropping it stops it too, without the report.
     pub fn stop(mut self) -> Result<()> {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)
-            .context("signalling the stack")?;
-        let status = self.child.wait()?;
-        drop(self.data);
+        let status = self.terminate()?;
         if !status.success() {
             bail!("brightrun-stack exited with {status} on shutdown");
         }
         Ok(())
+    }
+
+    fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)
+            .context("signalling the stack")?;
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for TestStack {
+    fn drop(&mut self) {
+        let _ = self.terminate();
     }
 }
 
@@ -157,8 +172,10 @@ pub fn run_foreground(args: &[String]) -> Result<ExitCode> {
     let mut cmd = Command::new(bin);
     cmd.arg("up");
     if !args.iter().any(|a| a == "--data-dir") {
-        cmd.arg("--data-dir")
-            .arg(setup::root().join(".brightrun").join("stack"));
+        // The directory the CLI and the app look in for the local stack's stack.json.
+        let dir = brightrun_client::config::local_stack_dir()
+            .context("no home directory: pass --data-dir or set BRIGHTRUN_STACK_DATA")?;
+        cmd.arg("--data-dir").arg(dir);
     }
     cmd.args(args);
     // Ctrl-C reaches the whole foreground process group: the stack shuts down cleanly by itself.

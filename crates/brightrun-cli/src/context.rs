@@ -1,9 +1,9 @@
 //! Where the CLI points and how it gets a session.
 //!
 //! - The project: `--url`/`BRIGHTRUN_URL` (default: the local brightrun-stack at
-//!   `http://127.0.0.1:54321`) and its anon key from `--anon-key`/`BRIGHTRUN_ANON_KEY`. The anon
-//!   key is public but project-specific and cannot be derived, so it must be given once per
-//!   shell; brightrun-stack prints it when it starts.
+//!   `http://127.0.0.1:54321`) and its anon key from `--anon-key`/`BRIGHTRUN_ANON_KEY`, or, for a
+//!   local stack, from the `stack.json` it leaves in its data directory. Only commands that talk
+//!   to the server need it: `datasets validate` works offline.
 //! - The session: the refresh token in the OS keychain (written by `brightrun login`), restored
 //!   and refreshed by `brightrun_client::session`. For scripts and tests,
 //!   `BRIGHTRUN_ACCESS_TOKEN` + `BRIGHTRUN_USER_ID` give a fixed token instead (never stored).
@@ -21,12 +21,14 @@ use brightrun_client::local::LocalDb;
 use brightrun_client::secret::KeychainStore;
 use brightrun_client::session::Session;
 use brightrun_client::transfer::UploadStateStore;
-use brightrun_client::{BuildChannel, Project, Secret};
+use brightrun_client::{BuildChannel, LocalStackInfo, Project, Secret};
 
 pub const LOCAL_URL: &str = "http://127.0.0.1:54321";
 
 pub struct Context {
-    project: Project,
+    url: url::Url,
+    /// `None` until a command needs the server and no key was found.
+    project: Option<Project>,
     http: reqwest::Client,
     data_dir: PathBuf,
 }
@@ -44,11 +46,15 @@ impl Context {
         let url: url::Url = url
             .parse()
             .with_context(|| format!("--url {url:?} is not a URL"))?;
-        let Some(anon_key) = anon_key.filter(|k| !k.is_empty()) else {
-            bail!(
-                "no anon key for {url}: pass --anon-key or set BRIGHTRUN_ANON_KEY (brightrun-stack prints it as `anon key:` when it starts; for a hosted project it is in the dashboard's API settings)"
-            );
-        };
+        let anon_key = anon_key
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .or_else(|| {
+                brightrun_client::config::local_stack_dir()
+                    .and_then(|dir| LocalStackInfo::read(&dir))
+                    .filter(|info| info.serves(&url))
+                    .map(|info| info.anon_key)
+            });
         let data_dir = data_dir
             .or_else(|| {
                 std::env::var_os("XDG_DATA_HOME").map(|d| PathBuf::from(d).join("brightrun"))
@@ -61,22 +67,31 @@ impl Context {
             .connect_timeout(Duration::from_secs(15))
             .build()
             .context("building the HTTP client")?;
+        let project = anon_key.map(|anon_key| Project {
+            url: url.clone(),
+            anon_key,
+        });
         Ok(Self {
-            project: Project {
-                url,
-                anon_key: anon_key.to_owned(),
-            },
+            url,
+            project,
             http,
             data_dir,
         })
     }
 
-    pub fn project(&self) -> &Project {
-        &self.project
+    /// The project, for commands that talk to the server.
+    pub fn project(&self) -> Result<&Project> {
+        match &self.project {
+            Some(project) => Ok(project),
+            None => bail!(
+                "no anon key for {}: pass --anon-key or set BRIGHTRUN_ANON_KEY (a local brightrun-stack prints it as `anon key:` and leaves it in its data directory's stack.json; for a hosted project it is in the dashboard's API settings)",
+                self.url
+            ),
+        }
     }
 
-    fn keychain(&self) -> Arc<KeychainStore> {
-        Arc::new(KeychainStore::new(&self.project, channel()))
+    fn keychain(&self) -> Result<Arc<KeychainStore>> {
+        Ok(Arc::new(KeychainStore::new(self.project()?, channel())))
     }
 
     /// The session: a fixed token from the environment, or the one `login` left in the keychain.
@@ -89,17 +104,18 @@ impl Context {
                 .parse()
                 .context("BRIGHTRUN_USER_ID is not a user id (uuid)")?;
             return Ok(Session::with_static_token(
-                self.project.clone(),
+                self.project()?.clone(),
                 self.http.clone(),
                 user,
                 Secret::new(token),
             ));
         }
-        match Session::restore(self.project.clone(), self.keychain(), self.http.clone()).await? {
+        let project = self.project()?.clone();
+        match Session::restore(project, self.keychain()?, self.http.clone()).await? {
             Some(session) => Ok(session),
             None => bail!(
                 "not signed in to {}: run `brightrun login --email <you>`",
-                self.project.url
+                self.url
             ),
         }
     }
@@ -122,8 +138,8 @@ impl Context {
             }
         };
         Ok(Session::sign_in(
-            self.project.clone(),
-            self.keychain(),
+            self.project()?.clone(),
+            self.keychain()?,
             self.http.clone(),
             email,
             &Secret::new(password),
@@ -133,7 +149,8 @@ impl Context {
 
     /// Signs out if signed in; false when there was no session.
     pub async fn logout(&self) -> Result<bool> {
-        match Session::restore(self.project.clone(), self.keychain(), self.http.clone()).await? {
+        let project = self.project()?.clone();
+        match Session::restore(project, self.keychain()?, self.http.clone()).await? {
             Some(session) => {
                 session.sign_out().await?;
                 Ok(true)
@@ -144,8 +161,8 @@ impl Context {
 
     /// The local database of this project.
     pub async fn local_db(&self) -> Result<LocalDb> {
-        let host = self.project.url.host_str().unwrap_or("local");
-        let port = self.project.url.port_or_known_default().unwrap_or(0);
+        let host = self.url.host_str().unwrap_or("local");
+        let port = self.url.port_or_known_default().unwrap_or(0);
         let file: String = format!("{host}-{port}.db")
             .chars()
             .map(|c| {

@@ -61,10 +61,13 @@ enum Command {
     Logout,
     /// Who is signed in.
     Whoami,
+    /// Validate, upload and list JSONL chat datasets.
     #[command(subcommand)]
     Datasets(DatasetsCommand),
+    /// Estimate, start, follow, cancel and clone LoRA training jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// List trained adapters and download them, verified.
     #[command(subcommand)]
     Models(ModelsCommand),
     /// Your notifications, newest first.
@@ -81,9 +84,7 @@ enum Command {
 #[derive(Subcommand)]
 enum DatasetsCommand {
     /// Validate a JSONL file locally and print the full report (exit code 1 on errors).
-    Validate {
-        file: PathBuf,
-    },
+    Validate { file: PathBuf },
     /// Validate and upload a JSONL file; running it again resumes an interrupted upload.
     Upload {
         file: PathBuf,
@@ -100,10 +101,10 @@ enum DatasetsCommand {
         #[arg(long, hide = true)]
         chunk_size: Option<u64>,
     },
+    /// Your datasets, newest first.
     List,
-    Show {
-        id: Uuid,
-    },
+    /// One dataset: status, statistics, validation errors.
+    Show { id: Uuid },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -146,10 +147,10 @@ enum JobsCommand {
     Estimate(JobSpec),
     /// Queue a training job.
     Create(JobSpec),
+    /// Your jobs, newest first.
     List,
-    Show {
-        id: Uuid,
-    },
+    /// One job: status, progress, metrics, cost.
+    Show { id: Uuid },
     /// Follow a job until it ends.
     Watch {
         id: Uuid,
@@ -157,17 +158,15 @@ enum JobsCommand {
         #[arg(long, default_value_t = 5)]
         interval: u64,
     },
-    Cancel {
-        id: Uuid,
-    },
+    /// Cancel a queued or running job.
+    Cancel { id: Uuid },
     /// Queue a copy of an earlier job (same dataset, preset, hyperparameters and GPUs).
-    Clone {
-        id: Uuid,
-    },
+    Clone { id: Uuid },
 }
 
 #[derive(Subcommand)]
 enum ModelsCommand {
+    /// Your trained adapters.
     List,
     /// Download a model's files, verified against their SHA-256, into a folder.
     Download {
@@ -226,14 +225,15 @@ async fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
         }
         Command::Whoami => {
             let session = ctx.session().await?;
+            let url = session.project().url.clone();
             out.value(
-                &serde_json::json!({"user_id": session.user_id(), "email": session.email(), "url": ctx.project().url.as_str()}),
+                &serde_json::json!({"user_id": session.user_id(), "email": session.email(), "url": url.as_str()}),
                 || {
                     format!(
                         "{} ({}) at {}",
                         session.email().unwrap_or("signed in with a token"),
                         session.user_id(),
-                        ctx.project().url
+                        url
                     )
                 },
             );

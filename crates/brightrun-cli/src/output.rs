@@ -9,6 +9,7 @@ use brightrun_client::api::TrainingCostEstimate;
 use brightrun_client::transfer::{Downloaded, Phase, Progress, ProgressFn, UploadOutcome};
 use brightrun_core::{
     Dataset, ModelArtifact, Notification, Severity, TrainingJob, ValidationReport,
+    dataset::SplitSource,
 };
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -184,17 +185,55 @@ pub fn report(file: &Path, report: &ValidationReport) -> String {
         ));
     }
     let s = &report.statistics;
+    let format = report
+        .format
+        .as_ref()
+        .map_or("unknown format", |f| f.as_str());
     out.push_str(&format!(
-        "{} errors, {} warnings; {} conversations ({} training pairs, {} validation pairs), {} tokens ({})",
-        report.error_count,
-        report.warning_count,
+        "{}, {}; {format}\n",
+        plural(report.error_count, "error"),
+        plural(report.warning_count, "warning"),
+    ));
+    out.push_str(&format!(
+        "  conversations  {} ({}, {}; split by {})\n",
         s.conversations,
-        s.training.pairs,
-        s.validation.pairs,
+        plural(s.training.pairs, "training pair"),
+        plural(s.validation.pairs, "validation pair"),
+        match s.split_source {
+            SplitSource::Marked => "the lines' \"split\" marks",
+            SplitSource::HashHoldout => "a 10 % hash holdout",
+        },
+    ));
+    out.push_str(&format!(
+        "  turns          {:.1} per conversation (min {}, max {})\n",
+        s.turns.avg_per_conversation, s.turns.min_per_conversation, s.turns.max_per_conversation,
+    ));
+    out.push_str(&format!(
+        "  tokens         {} total ({}): p50 {} / p95 {} / max {} per conversation, {:.1} per turn\n",
         s.tokens.total,
         s.tokens.tokenizer,
+        s.tokens.p50_per_conversation,
+        s.tokens.p95_per_conversation,
+        s.tokens.max_per_conversation,
+        s.tokens.avg_per_turn,
+    ));
+    out.push_str(&format!(
+        "  assistant      {} tokens ({} trained on)\n",
+        s.tokens.assistant, s.tokens.trainable_assistant,
+    ));
+    out.push_str(&format!(
+        "  billable       {} tokens per epoch × {} = {}",
+        s.tokens.billable_per_epoch, s.tokens.epochs, s.tokens.estimated_billable,
     ));
     out
+}
+
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 pub fn uploaded(file: &Path, outcome: &UploadOutcome) -> String {

@@ -1,5 +1,8 @@
 //! Which project the client talks to.
 
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 /// A Supabase project (or brightrun-stack): its URL and its public anon key.
@@ -35,4 +38,47 @@ impl Project {
         Url::parse(&format!("{base}/{service}/v1/{path}"))
             .expect("a project URL plus a path is a URL")
     }
+}
+
+/// What `brightrun-stack up` leaves in its data directory (`stack.json`) so local clients find
+/// it: its URL and anon key, both public. The service-role key is never written there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalStackInfo {
+    pub url: String,
+    pub anon_key: String,
+}
+
+impl LocalStackInfo {
+    pub const FILE: &'static str = "stack.json";
+
+    /// The stack last started in `dir`, if any.
+    pub fn read(dir: &Path) -> Option<Self> {
+        let text = std::fs::read(dir.join(Self::FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Whether this stack serves `url` (ignoring a trailing slash).
+    pub fn serves(&self, url: &Url) -> bool {
+        self.url.trim_end_matches('/') == url.as_str().trim_end_matches('/')
+    }
+}
+
+/// Where the local brightrun-stack keeps its data unless told otherwise:
+/// `$BRIGHTRUN_STACK_DATA`, else `/var/lib/brightrun/stack` for root (PostgreSQL then runs as an
+/// unprivileged user, who cannot enter root's home), else `$XDG_DATA_HOME/brightrun/stack`, else
+/// `~/.local/share/brightrun/stack`.
+pub fn local_stack_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("BRIGHTRUN_STACK_DATA").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    #[cfg(unix)]
+    if nix::unistd::geteuid().is_root() {
+        return Some(PathBuf::from("/var/lib/brightrun/stack"));
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(|d| PathBuf::from(d).join("brightrun/stack"))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/brightrun/stack"))
+        })
 }

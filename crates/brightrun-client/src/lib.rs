@@ -19,7 +19,7 @@ pub mod secret;
 pub mod session;
 pub mod transfer;
 
-pub use config::{BuildChannel, Project};
+pub use config::{BuildChannel, LocalStackInfo, Project};
 pub use error::{Error, Result};
 pub use secret::Secret;
 pub mod retry;

@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         demo_user,
     } = Cli::parse().command;
     let config = StackConfig {
-        data_dir: Some(data_dir),
+        data_dir: Some(data_dir.clone()),
         listen,
         jwt_secret: jwt_secret.map(JwtSecret::new),
         jwt_expiry: Duration::from_secs(jwt_expiry),
@@ -76,6 +76,13 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Local clients (the CLI, the app) find this stack and its public anon key here.
+    let info = serde_json::json!({"url": stack.url(), "anon_key": stack.anon_key()});
+    std::fs::write(
+        data_dir.join("stack.json"),
+        serde_json::to_vec_pretty(&info)?,
+    )
+    .context("writing stack.json")?;
     // stdout carries only what tools read; logs go to stderr.
     println!("API URL: {}", stack.url());
     println!("anon key: {}", stack.anon_key());
