@@ -949,9 +949,22 @@ async fn cross_tenant_storage_matrix() {
 }
 
 /// A stack process of its own, killed with SIGKILL mid-PATCH and restarted on the same data.
+/// Dropping it stops the process, so a failing test leaves no server behind.
 struct OwnStack {
     child: std::process::Child,
     url: String,
+}
+
+impl Drop for OwnStack {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.child.wait();
+        }
+    }
 }
 
 fn spawn_stack(data: &std::path::Path) -> OwnStack {
@@ -1053,7 +1066,7 @@ async fn killed_stack_mid_upload_resumes_after_restart() {
     drop(tx);
     let _ = in_flight.await;
 
-    let mut own = spawn_stack(&data);
+    let own = spawn_stack(&data);
     let url = url.replace(&local.url, &own.url);
     let resumed = tus_offset(&url, &user).await;
     assert!(
@@ -1078,18 +1091,14 @@ async fn killed_stack_mid_upload_resumes_after_restart() {
         sha256(&bytes),
         "byte-identical after kill and resume"
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(own.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    own.child.wait().expect("stack stops");
+    drop(own);
 }
 
 #[tokio::test]
 async fn unfinished_tus_upload_expires_after_a_day() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("stack");
-    let mut own = spawn_stack(&data);
+    let own = spawn_stack(&data);
     let local = TestStack {
         url: own.url.clone(),
         db_url: format!(
@@ -1154,9 +1163,5 @@ async fn unfinished_tus_upload_expires_after_a_day() {
         None,
         "no object appeared"
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(own.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    own.child.wait().expect("stack stops");
+    drop(own);
 }
