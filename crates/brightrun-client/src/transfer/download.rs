@@ -31,9 +31,10 @@ use url::Url;
 use uuid::Uuid;
 
 use crate::error::{ApiError, Service};
+use crate::retry::RetryPolicy;
 use crate::session::Session;
 use crate::transfer::TransferError;
-use crate::transfer::backoff::{Backoff, RetryConfig};
+use crate::transfer::backoff::Backoff;
 use crate::transfer::http;
 use crate::transfer::progress::{Meter, Phase, ProgressFn};
 
@@ -62,7 +63,7 @@ pub struct DownloadOptions {
     pub segments: u32,
     /// No byte for this long: drop the stream and ask for the range again. 30 s.
     pub stall_timeout: Duration,
-    pub retry: RetryConfig,
+    pub retry: RetryPolicy,
     /// Lifetime asked for signed URLs; renewed when it runs out. 1 h.
     pub signed_url_ttl: Duration,
     /// Refuse files the server recorded no SHA-256 for. true.
@@ -79,7 +80,7 @@ impl Default for DownloadOptions {
             segment_threshold: 64 * 1024 * 1024,
             segments: 4,
             stall_timeout: Duration::from_secs(30),
-            retry: RetryConfig::default(),
+            retry: RetryPolicy::transfers(),
             signed_url_ttl: Duration::from_secs(3600),
             require_digest: true,
             max_refetches: 2,
@@ -411,7 +412,7 @@ impl Job<'_> {
             &self.file.path,
         );
         let body = json!({"expiresIn": self.dl.options.signed_url_ttl.as_secs().max(1)});
-        let mut backoff = Backoff::new(self.dl.options.retry.clone());
+        let mut backoff = Backoff::new(self.dl.options.retry);
         let answer = loop {
             match http::storage_post(&self.dl.session, url.clone(), &body).await {
                 Ok(a) => break a,
@@ -446,7 +447,7 @@ impl Job<'_> {
 
     /// Every byte into `.part`; returns the size and where this run started.
     async fn fetch(&self) -> Result<(u64, u64), TransferError> {
-        let mut backoff = Backoff::new(self.dl.options.retry.clone());
+        let mut backoff = Backoff::new(self.dl.options.retry);
         let mut seen = 0;
         loop {
             match self.try_fetch(&mut seen, &mut backoff).await {
@@ -622,7 +623,7 @@ impl Job<'_> {
         etag: Option<String>,
         segmented: bool,
     ) -> Result<(), FetchError> {
-        let mut backoff = Backoff::new(self.dl.options.retry.clone());
+        let mut backoff = Backoff::new(self.dl.options.retry);
         let mut seen = 0;
         loop {
             let seg = shared

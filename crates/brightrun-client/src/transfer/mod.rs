@@ -18,7 +18,7 @@ pub mod progress;
 pub mod state;
 pub mod upload;
 
-pub use backoff::{Backoff, RetryConfig};
+pub use backoff::Backoff;
 pub use download::{ArtifactFile, DownloadOptions, Downloaded, Downloader, sanitize_file_name};
 pub use error::TransferError;
 pub use progress::{Phase, Progress, ProgressFn};

@@ -36,10 +36,11 @@ use url::Url;
 use uuid::Uuid;
 
 use crate::error::{ApiError, Service};
+use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::session::Session;
 use crate::transfer::TransferError;
-use crate::transfer::backoff::{Backoff, RetryConfig};
+use crate::transfer::backoff::Backoff;
 use crate::transfer::http::{self, TusRefusal, tus_refusal};
 use crate::transfer::progress::{Meter, Phase, ProgressFn};
 use crate::transfer::state::{Fingerprint, Stage, UploadRecord, UploadStateStore};
@@ -77,7 +78,7 @@ impl UploadRequest {
 pub struct UploadOptions {
     /// Bytes per PATCH. 6 MiB, what Supabase's TUS endpoint requires; the last may be smaller.
     pub chunk_size: u64,
-    pub retry: RetryConfig,
+    pub retry: RetryPolicy,
     pub validation: ValidationOptions,
     /// Declared type of the object. `application/jsonl` (the bucket refuses binaries).
     pub content_type: String,
@@ -91,7 +92,7 @@ impl Default for UploadOptions {
     fn default() -> Self {
         Self {
             chunk_size: 6 * 1024 * 1024,
-            retry: RetryConfig::default(),
+            retry: RetryPolicy::transfers(),
             validation: ValidationOptions::default(),
             content_type: "application/jsonl".to_owned(),
             patch_timeout: Duration::from_secs(600),
@@ -280,7 +281,7 @@ impl Uploader {
             meter,
             started_transfer: false,
             resumed_from: None,
-            backoff: Backoff::new(self.options.retry.clone()),
+            backoff: Backoff::new(self.options.retry),
             token_renewals: 0,
         };
         let dataset = run.drive().await?;

@@ -5,8 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use brightrun_client::transfer::{
-    ArtifactFile, DownloadOptions, Downloader, Phase, Progress, ProgressFn, RetryConfig,
-    TransferError,
+    ArtifactFile, DownloadOptions, Downloader, Phase, Progress, ProgressFn, TransferError,
 };
 use brightrun_stack::testing::{TestUser, mint_user};
 use serde_json::json;
@@ -17,7 +16,7 @@ use crate::transfer_fixtures::*;
 
 fn options() -> DownloadOptions {
     DownloadOptions {
-        retry: RetryConfig::fast(),
+        retry: crate::transfer_fixtures::fast_retry(),
         ..DownloadOptions::default()
     }
 }

@@ -206,3 +206,13 @@ pub fn moving_sink() -> (
     };
     (sink, rx, seen)
 }
+
+/// Short delays for tests against a local server.
+pub fn fast_retry() -> brightrun_client::retry::RetryPolicy {
+    brightrun_client::retry::RetryPolicy {
+        max_retries: 12,
+        base: std::time::Duration::from_millis(5),
+        max_backoff: std::time::Duration::from_millis(100),
+        total_timeout: std::time::Duration::from_millis(200),
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use brightrun_client::Secret;
 use brightrun_client::transfer::upload::{SignFn, sign_upload};
 use brightrun_client::transfer::{
-    Phase, Progress, ProgressFn, RetryConfig, TransferError, UploadOptions, UploadRequest, Uploader,
+    Phase, Progress, ProgressFn, TransferError, UploadOptions, UploadRequest, Uploader,
 };
 use brightrun_stack::testing::mint_user;
 use serde_json::json;
@@ -18,7 +18,7 @@ use crate::transfer_fixtures::*;
 fn options(chunk: u64) -> UploadOptions {
     UploadOptions {
         chunk_size: chunk,
-        retry: RetryConfig::fast(),
+        retry: crate::transfer_fixtures::fast_retry(),
         ..UploadOptions::default()
     }
 }
