@@ -3,6 +3,7 @@
 
 #[path = "../../../brightrun-client/tests/client/proxy.rs"]
 mod proxy;
+mod session;
 mod support;
 mod transfers;
 mod validate;
