@@ -187,13 +187,77 @@ pub fn run_foreground(args: &[String]) -> Result<ExitCode> {
     })
 }
 
-/// `cargo xtask run`: until the desktop app exists, the stack with a demo user.
+/// `cargo xtask run`: the stack with a demo user, and one brightrun-worker (candle backend)
+/// attached to it. Ctrl-C reaches both (same process group); the worker hands its jobs back.
 pub fn run_demo() -> Result<ExitCode> {
+    setup::ensure_system_packages()?;
+    let stack_bin = build_stack(Profile::Debug)?;
+    if !setup::cargo(&[
+        "build",
+        "-p",
+        "brightrun-worker",
+        "--bin",
+        "brightrun-worker",
+    ])? {
+        bail!("building brightrun-worker failed");
+    }
+    let worker_bin = setup::target_dir()?.join("debug").join("brightrun-worker");
+    // The stack's directory is where the CLI and the app look for its stack.json; the worker's
+    // (base-model cache, scratch files) sits beside it.
+    let stack_dir = brightrun_client::config::local_stack_dir()
+        .context("no home directory: set BRIGHTRUN_STACK_DATA")?;
+    let worker_dir = stack_dir.with_file_name("worker");
     eprintln!(
-        "xtask: starting brightrun-stack with demo user {DEMO_USER} (password {DEMO_PASSWORD}); Ctrl-C stops it"
+        "xtask: starting brightrun-stack with demo user {DEMO_USER} (password {DEMO_PASSWORD}) and one worker; Ctrl-C stops them"
     );
-    run_foreground(&[
-        "--demo-user".to_owned(),
-        format!("{DEMO_USER}:{DEMO_PASSWORD}"),
-    ])
+    let mut stack = Command::new(&stack_bin)
+        .arg("up")
+        .arg("--data-dir")
+        .arg(&stack_dir)
+        .args(["--demo-user", &format!("{DEMO_USER}:{DEMO_PASSWORD}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", stack_bin.display()))?;
+    let mut lines = BufReader::new(stack.stdout.take().context("stack stdout")?).lines();
+    let (mut url, mut key, mut db_url) = (None, None, None);
+    for line in lines.by_ref().map_while(Result::ok) {
+        println!("{line}");
+        if line == "ready" {
+            break;
+        }
+        match line.split_once(": ") {
+            Some(("API URL", v)) => url = Some(v.to_owned()),
+            Some(("service_role key", v)) => key = Some(v.to_owned()),
+            Some(("DB URL", v)) => db_url = Some(v.to_owned()),
+            _ => {}
+        }
+    }
+    let (Some(url), Some(key), Some(db_url)) = (url, key, db_url) else {
+        let _ = stack.kill();
+        bail!("brightrun-stack did not become ready (see its log above)");
+    };
+    let mut worker = Command::new(&worker_bin)
+        .env("DATABASE_URL", db_url)
+        .env("BRIGHTRUN_API_URL", url)
+        .env("BRIGHTRUN_SERVICE_ROLE_KEY", key)
+        .arg("--work-dir")
+        .arg(&worker_dir)
+        .args(["--backend", "candle", "--concurrency", "1"])
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", worker_bin.display()))?;
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            println!("{line}");
+        }
+    });
+    let status = stack.wait()?;
+    let _ = kill(Pid::from_raw(worker.id() as i32), Signal::SIGTERM);
+    let _ = worker.wait();
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

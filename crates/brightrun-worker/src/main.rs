@@ -1,3 +1,162 @@
 //! `brightrun-worker`: the job runner process.
+//!
+//! ```text
+//! brightrun-worker --database-url postgresql://... --api-url http://127.0.0.1:54321 \
+//!     --service-role-key "$KEY" --concurrency 2 --backend candle
+//! ```
+//! SIGTERM or Ctrl-C stops claiming, hands running jobs back to the queue (lease released,
+//! status `queued`) and exits.
 
-fn main() {}
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use brightrun_worker::queue::QueuePolicy;
+use brightrun_worker::remote::FakeProvider;
+use brightrun_worker::storage::ServiceKey;
+use brightrun_worker::trainer::candle::CandleBackend;
+use brightrun_worker::trainer::scripted::ScriptedBackend;
+use brightrun_worker::{Backend, WorkerConfig};
+use clap::{Parser, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendName {
+    /// A real LoRA adapter trained on the CPU with candle.
+    Candle,
+    /// Deterministic fake training (tests, load runs).
+    Scripted,
+    /// The remote-provider path against a scripted fake provider.
+    FakeRemote,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "brightrun-worker",
+    version,
+    about = "Runs BrightRun dataset validations and LoRA training jobs",
+    args_override_self = true
+)]
+struct Args {
+    /// PostgreSQL URL of a role owning the tables (brightrun-stack prints it as `DB URL:`).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Project URL, for Storage (brightrun-stack's `API URL:`).
+    #[arg(long, env = "BRIGHTRUN_API_URL")]
+    api_url: String,
+    /// service_role key for Storage. Prefer the environment variable: arguments are visible
+    /// to other users in the process list.
+    #[arg(long, env = "BRIGHTRUN_SERVICE_ROLE_KEY", hide_env_values = true)]
+    service_role_key: String,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    #[arg(long, value_enum, default_value_t = BackendName::Candle)]
+    backend: BackendName,
+    /// Defaults to `worker-<host>-<pid>`.
+    #[arg(long)]
+    worker_id: Option<String>,
+    /// Where adapters are written before upload, and candle's base-model cache.
+    #[arg(long, default_value = ".brightrun/worker")]
+    work_dir: PathBuf,
+    #[arg(long, default_value_t = 30_000)]
+    lease_ms: u64,
+    #[arg(long, default_value_t = 2_000)]
+    heartbeat_ms: u64,
+    #[arg(long, default_value_t = 2_000)]
+    poll_ms: u64,
+    #[arg(long, default_value_t = 5_000)]
+    reap_ms: u64,
+    /// Backoff before the first retry; doubles per failure.
+    #[arg(long, default_value_t = 10_000)]
+    retry_backoff_ms: u64,
+    #[arg(long, default_value_t = 600_000)]
+    max_backoff_ms: u64,
+    #[arg(long, default_value_t = 20_000)]
+    shutdown_grace_ms: u64,
+    /// Scripted and fake-remote backends: steps per job (default: from the dataset).
+    #[arg(long)]
+    scripted_steps: Option<u64>,
+    /// Scripted and fake-remote backends: time per step.
+    #[arg(long, default_value_t = 20)]
+    scripted_step_ms: u64,
+    /// Fake-remote backend: where the fake provider keeps its state.
+    #[arg(long, default_value = ".brightrun/fake-remote")]
+    fake_remote_dir: PathBuf,
+    /// Claim only this user's work (repeatable): dedicated capacity for a tenant.
+    #[arg(long = "only-user")]
+    only_users: Vec<uuid::Uuid>,
+    /// Logs without ANSI colours (for files and log collectors).
+    #[arg(long)]
+    plain_logs: bool,
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // Structured: every event carries its fields as `key=value` (job_id, attempt, worker_id, ...).
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(!args.plain_logs)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let ms = Duration::from_millis;
+    let backend = match args.backend {
+        BackendName::Candle => Backend::Local(Arc::new(CandleBackend::new(
+            args.work_dir.join("candle-cache"),
+        ))),
+        BackendName::Scripted => Backend::Local(Arc::new(ScriptedBackend {
+            total_steps: args.scripted_steps,
+            step_time: ms(args.scripted_step_ms),
+        })),
+        BackendName::FakeRemote => Backend::Remote(Arc::new(FakeProvider {
+            dir: args.fake_remote_dir.clone(),
+            total_steps: args.scripted_steps.unwrap_or(10),
+            step_time: ms(args.scripted_step_ms),
+        })),
+    };
+    let mut config = WorkerConfig::new(
+        args.database_url,
+        args.api_url,
+        ServiceKey::new(args.service_role_key),
+        args.work_dir.join("jobs"),
+    );
+    config.worker_id = args.worker_id.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "host".into());
+        format!("worker-{host}-{}", std::process::id())
+    });
+    config.concurrency = args.concurrency.max(1);
+    config.policy = QueuePolicy {
+        lease: ms(args.lease_ms),
+        base_backoff: ms(args.retry_backoff_ms),
+        max_backoff: ms(args.max_backoff_ms),
+        ..QueuePolicy::default()
+    };
+    config.heartbeat = ms(args.heartbeat_ms);
+    config.poll_interval = ms(args.poll_ms);
+    config.reap_interval = ms(args.reap_ms);
+    config.shutdown_grace = ms(args.shutdown_grace_ms);
+    config.only_users = Some(args.only_users).filter(|u| !u.is_empty());
+    brightrun_worker::run(config, backend, shutdown_signal())
+        .await
+        .context("worker failed")?;
+    Ok(())
+}

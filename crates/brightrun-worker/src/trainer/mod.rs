@@ -4,6 +4,9 @@
 //! progress through `events`, and stops soon after `cancel` is set. Backends know nothing about
 //! the queue, the database or storage.
 
+pub mod candle;
+pub mod scripted;
+
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
