@@ -135,10 +135,16 @@ pub fn cargo_in_keyring_session(args: &[&str], env: &[(String, String)]) -> Resu
     // locked daemon and every keyring call fails.
     let script = r#"printf '%s' brightrun-test-keyring | gnome-keyring-daemon --unlock --components=secrets >/dev/null || exit 70
 exec "$@""#;
+    // gnome-keyring keeps its keyrings under $XDG_DATA_HOME/keyrings: a fresh directory per run
+    // means a fresh keyring unlocked with our password, and never the user's own.
+    let keyring_home = tempfile::Builder::new()
+        .prefix("brightrun-keyring-")
+        .tempdir()?;
     let status = Command::new("dbus-run-session")
         .args(["--", "sh", "-c", script, "sh", env!("CARGO")])
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("XDG_DATA_HOME", keyring_home.path())
         .current_dir(root())
         .status()
         .context("running dbus-run-session")?;
