@@ -10,11 +10,11 @@ use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// The secret the test run signs with, so tests can forge expired and foreign tokens.
+pub use brightrun_stack::testing::TEST_JWT_SECRET;
+
 use crate::setup;
 
-/// The secret the test run signs with, so tests can forge expired and foreign tokens. Never used
-/// outside tests.
-pub const TEST_JWT_SECRET: &str = "brightrun-test-secret-not-for-production-use-0123456789";
 const DEMO_USER: &str = "demo@brightrun.local";
 const DEMO_PASSWORD: &str = "brightrun-demo";
 
