@@ -219,7 +219,8 @@ pub struct Queue {
     pool: PgPool,
     worker_id: String,
     policy: QueuePolicy,
-    /// When set, only these users' work is claimed (dedicated capacity; test isolation).
+    /// When set, only these users' work is claimed and reaped (dedicated capacity; test
+    /// isolation: a worker confined to some tenants never touches another's jobs).
     only_users: Option<Vec<Uuid>>,
 }
 
@@ -237,7 +238,7 @@ impl Queue {
         }
     }
 
-    /// Claims only the work of these users.
+    /// Claims and reaps only the work of these users.
     pub fn with_only_users(mut self, users: Option<Vec<Uuid>>) -> Self {
         self.only_users = users.filter(|u| !u.is_empty());
         self
@@ -661,6 +662,7 @@ impl Queue {
             "with expired as (
                  select id from public.training_jobs
                   where status in ('initializing', 'running') and lease_expires_at < now()
+                    and ($3::uuid[] is null or user_id = any($3))
                   for update skip locked),
              reaped as (
                  update public.training_jobs j
@@ -700,6 +702,7 @@ impl Queue {
         )
         .bind(secs(self.policy.base_backoff))
         .bind(secs(self.policy.max_backoff))
+        .bind(&self.only_users)
         .fetch_all(&self.pool)
         .await?;
         let mut reaped = Reaped::default();
