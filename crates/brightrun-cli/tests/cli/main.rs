@@ -5,5 +5,9 @@
 mod proxy;
 mod session;
 mod support;
+// Shared with the client's transfer tests; the CLI tests use only some of it.
+#[allow(dead_code)]
+#[path = "../../../brightrun-client/tests/client/transfer_fixtures.rs"]
+mod transfer_fixtures;
 mod transfers;
 mod validate;

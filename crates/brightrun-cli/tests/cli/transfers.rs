@@ -91,7 +91,7 @@ async fn download_survives_ten_kills_and_verifies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let target = dir.path().join("models");
     let user = mint_user(stack(), "cli-download-kills").await;
-    let bytes = noise(3 << 20, 99);
+    let bytes = adapter_bytes(3 << 20, 99);
     let artifact = stored_artifact(&user, "adapter_model.safetensors", &bytes).await;
     let proxy = FaultProxy::start(&stack().url).await;
     let artifact_arg = artifact.to_string();
