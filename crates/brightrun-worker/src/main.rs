@@ -57,9 +57,14 @@ struct Args {
     /// Defaults to `worker-<host>-<pid>`.
     #[arg(long)]
     worker_id: Option<String>,
-    /// Where adapters are written before upload, and candle's base-model cache.
-    #[arg(long, default_value = ".brightrun/worker")]
-    work_dir: PathBuf,
+    /// Where adapters are written before upload. Default: `$XDG_DATA_HOME/brightrun/worker`
+    /// (`~/.local/share/brightrun/worker`; `/var/lib/brightrun/worker` as root), beside the
+    /// local stack's data.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// candle's base-model cache (built once, deterministic). Default: `<work-dir>/candle-cache`.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 30_000)]
     lease_ms: u64,
     #[arg(long, default_value_t = 2_000)]
@@ -81,15 +86,42 @@ struct Args {
     /// Scripted and fake-remote backends: time per step.
     #[arg(long, default_value_t = 20)]
     scripted_step_ms: u64,
-    /// Fake-remote backend: where the fake provider keeps its state.
-    #[arg(long, default_value = ".brightrun/fake-remote")]
-    fake_remote_dir: PathBuf,
+    /// Fake-remote backend: where the fake provider keeps its state. Default:
+    /// `<work-dir>/fake-remote`.
+    #[arg(long)]
+    fake_remote_dir: Option<PathBuf>,
     /// Claim only this user's work (repeatable): dedicated capacity for a tenant.
     #[arg(long = "only-user")]
     only_users: Vec<uuid::Uuid>,
-    /// Logs without ANSI colours (for files and log collectors).
-    #[arg(long)]
-    plain_logs: bool,
+    /// `json`: one JSON object per line (for log collectors); `plain`: text without colours;
+    /// `auto`: coloured text on a terminal, plain otherwise.
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Plain,
+    Json,
+}
+
+/// The worker's directory when `--work-dir` is not given: beside the local stack's data
+/// directory (see `brightrun_client::config::local_stack_dir`), so `cargo xtask run` and a bare
+/// `brightrun-worker` use the same place and nothing is written into the current directory.
+fn default_work_dir() -> Result<PathBuf> {
+    let env_dir = |name| {
+        std::env::var_os(name)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+    };
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from("/var/lib/brightrun/worker"));
+    }
+    env_dir("XDG_DATA_HOME")
+        .or_else(|| env_dir("HOME").map(|h| h.join(".local/share")))
+        .map(|d| d.join("brightrun/worker"))
+        .context("no --work-dir given and neither XDG_DATA_HOME nor HOME is set")
 }
 
 async fn shutdown_signal() {
@@ -109,24 +141,43 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    // Structured: every event carries its fields as `key=value` (job_id, attempt, worker_id, ...).
-    tracing_subscriber::fmt()
+    // Structured: every event carries its fields (job_id, attempt, worker_id, ...), as
+    // `key=value` in text; with `--log-format json`, as members of the line's object, and the
+    // job's span fields (job_id, attempt) under `span`.
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(!args.plain_logs)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Plain => logs.with_ansi(false).init(),
+        LogFormat::Auto => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    let work_dir = match args.work_dir {
+        Some(dir) => dir,
+        None => default_work_dir()?,
+    };
 
     let ms = Duration::from_millis;
     let backend = match args.backend {
         BackendName::Candle => Backend::Local(Arc::new(CandleBackend::new(
-            args.work_dir.join("candle-cache"),
+            args.cache_dir
+                .unwrap_or_else(|| work_dir.join("candle-cache")),
         ))),
         BackendName::Scripted => Backend::Local(Arc::new(ScriptedBackend {
             total_steps: args.scripted_steps,
             step_time: ms(args.scripted_step_ms),
         })),
         BackendName::FakeRemote => Backend::Remote(Arc::new(FakeProvider {
-            dir: args.fake_remote_dir.clone(),
+            dir: args
+                .fake_remote_dir
+                .unwrap_or_else(|| work_dir.join("fake-remote")),
             total_steps: args.scripted_steps.unwrap_or(10),
             step_time: ms(args.scripted_step_ms),
         })),
@@ -135,7 +186,7 @@ async fn main() -> Result<()> {
         args.database_url,
         args.api_url,
         ServiceKey::new(args.service_role_key),
-        args.work_dir.join("jobs"),
+        work_dir.join("jobs"),
     );
     config.worker_id = args.worker_id.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname")

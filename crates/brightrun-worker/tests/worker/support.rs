@@ -179,7 +179,7 @@ impl WorkerProcess {
             .env("BRIGHTRUN_API_URL", &st().url)
             .env("BRIGHTRUN_SERVICE_ROLE_KEY", &st().service_role_key)
             .env("RUST_LOG", "info,sqlx=warn")
-            .args(["--worker-id", &id, "--plain-logs"])
+            .args(["--worker-id", &id, "--log-format", "plain"])
             .arg("--work-dir")
             .arg(dir.join(&id))
             .args([
