@@ -183,67 +183,73 @@ pub async fn load_training_data(
     } else {
         DatasetFormat::V4
     };
-    tokio::task::spawn_blocking(move || {
-        let mut lines = LineReader::new(reader, 10 * 1024 * 1024);
-        // (turns, marked split, in the hash holdout)
-        let mut all: Vec<(Vec<Turn>, Option<Split>, bool)> = Vec::new();
-        let mut skipped = 0;
-        let mut any_mark = false;
-        loop {
-            let line = match lines.next_line() {
-                Ok(Some(line)) => line,
-                Ok(None) => break,
-                Err(source) => {
-                    return Err(DatasetError::Read {
-                        bytes_read: lines.bytes_read(),
-                        source,
-                    });
-                }
-            };
-            let Line::Complete { number, bytes, .. } = line else {
-                skipped += 1;
-                continue;
-            };
-            let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-            let bytes = if number == 1 {
-                bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
-            } else {
-                bytes
-            };
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                continue;
+    tokio::task::spawn_blocking(move || parse_training_data(reader, &format))
+        .await
+        .map_err(|e| DatasetError::Join(e.to_string()))?
+}
+
+/// Parses a JSONL dataset (a stream) into training and validation conversations.
+pub fn parse_training_data(
+    reader: impl Read,
+    format: &DatasetFormat,
+) -> Result<TrainingData, DatasetError> {
+    let mut lines = LineReader::new(reader, 10 * 1024 * 1024);
+    // (turns, marked split, in the hash holdout)
+    let mut all: Vec<(Vec<Turn>, Option<Split>, bool)> = Vec::new();
+    let mut skipped = 0;
+    let mut any_mark = false;
+    loop {
+        let line = match lines.next_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(source) => {
+                return Err(DatasetError::Read {
+                    bytes_read: lines.bytes_read(),
+                    source,
+                });
             }
-            let parsed = serde_json::from_slice::<Value>(bytes)
-                .ok()
-                .and_then(|v| Conversation::from_json(&v, &format).ok());
-            let Some(conversation) = parsed else {
-                skipped += 1;
-                continue;
-            };
-            any_mark |= conversation.split.is_some();
-            let held_out = xxhash_rust::xxh3::xxh3_64(bytes) % 100 < HOLDOUT_PERCENT;
-            all.push((to_turns(&conversation), conversation.split, held_out));
-        }
-        let mut data = TrainingData {
-            skipped,
-            ..TrainingData::default()
         };
-        for (turns, split, held_out) in all {
-            let validation = if any_mark {
-                split == Some(Split::Validation)
-            } else {
-                held_out
-            };
-            if validation {
-                data.validation.push(turns);
-            } else {
-                data.train.push(turns);
-            }
+        let Line::Complete { number, bytes, .. } = line else {
+            skipped += 1;
+            continue;
+        };
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let bytes = if number == 1 {
+            bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+        } else {
+            bytes
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            continue;
         }
-        Ok(data)
-    })
-    .await
-    .map_err(|e| DatasetError::Join(e.to_string()))?
+        let parsed = serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .and_then(|v| Conversation::from_json(&v, format).ok());
+        let Some(conversation) = parsed else {
+            skipped += 1;
+            continue;
+        };
+        any_mark |= conversation.split.is_some();
+        let held_out = xxhash_rust::xxh3::xxh3_64(bytes) % 100 < HOLDOUT_PERCENT;
+        all.push((to_turns(&conversation), conversation.split, held_out));
+    }
+    let mut data = TrainingData {
+        skipped,
+        ..TrainingData::default()
+    };
+    for (turns, split, held_out) in all {
+        let validation = if any_mark {
+            split == Some(Split::Validation)
+        } else {
+            held_out
+        };
+        if validation {
+            data.validation.push(turns);
+        } else {
+            data.train.push(turns);
+        }
+    }
+    Ok(data)
 }
 
 #[cfg(test)]

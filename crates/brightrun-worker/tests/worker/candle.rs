@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use brightrun_core::dataset::{Conversation, Role as CoreRole, Split};
 use brightrun_core::model::{DatasetFormat, HyperparameterConfig};
+use brightrun_worker::dataset::parse_training_data;
 use brightrun_worker::trainer::candle::base::{BaseModelSpec, load_or_build};
 use brightrun_worker::trainer::candle::tokenizer::encode_conversation;
 use brightrun_worker::trainer::candle::{CandleBackend, CandleOptions, evaluate};
@@ -41,34 +41,13 @@ fn hyperparameters(
     }
 }
 
-/// `demo/support-bot.jsonl`, read with the platform's own v4 parser.
+/// `demo/support-bot.jsonl`, split as the worker splits a stored dataset.
 fn demo_dataset() -> (Vec<Vec<Turn>>, Vec<Vec<Turn>>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/support-bot.jsonl");
-    let text = std::fs::read_to_string(&path).expect("demo dataset is readable");
-    let (mut train, mut validation) = (Vec::new(), Vec::new());
-    for line in text.lines() {
-        let value: serde_json::Value = serde_json::from_str(line).expect("demo line is JSON");
-        let conversation = Conversation::from_json(&value, &DatasetFormat::V4)
-            .expect("demo line is a v4 conversation");
-        let turns: Vec<Turn> = conversation
-            .messages
-            .iter()
-            .map(|m| Turn {
-                role: match m.role {
-                    CoreRole::System => Role::System,
-                    CoreRole::User => Role::User,
-                    CoreRole::Assistant => Role::Assistant,
-                },
-                content: m.content.clone(),
-                trainable: m.role == CoreRole::Assistant && m.weight != Some(0),
-            })
-            .collect();
-        match conversation.split {
-            Some(Split::Validation) => validation.push(turns),
-            _ => train.push(turns),
-        }
-    }
-    (train, validation)
+    let file = std::fs::File::open(&path).expect("demo dataset is readable");
+    let data = parse_training_data(file, &DatasetFormat::V4).expect("demo dataset parses");
+    assert_eq!(data.skipped, 0, "every demo line is a conversation");
+    (data.train, data.validation)
 }
 
 fn small_dataset(n: usize) -> Vec<Vec<Turn>> {
@@ -142,11 +121,12 @@ fn step_losses(events: &[TrainerEvent]) -> Vec<f64> {
         .collect()
 }
 
-/// The demo job: `demo/support-bot.jsonl` with the settings `docs/benchmarks.md` uses.
+/// The demo job's settings: `demo/support-bot.hyperparameters.json`, which the end-to-end test
+/// submits through the RPC and `docs/benchmarks.md` measures.
 fn demo_hyperparameters() -> HyperparameterConfig {
-    let mut hp = hyperparameters(8, 16, 3e-2, 4, 10);
-    hp.weight_decay = Some(0.0);
-    hp
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/support-bot.hyperparameters.json");
+    let text = std::fs::read_to_string(&path).expect("demo settings are readable");
+    serde_json::from_str(&text).expect("demo settings parse")
 }
 
 #[test]
@@ -200,7 +180,7 @@ fn demo_dataset_loss_falls_by_at_least_40_percent() {
         })
         .collect();
     eprintln!(
-        "benchmark: {} optimizer steps in {train_seconds:.2}s of training (incl. 9 validation passes): {:.1} steps/s, median {:.0} tokens/s per step",
+        "benchmark: {} optimizer steps in {train_seconds:.2}s of training (incl. 14 validation passes): {:.1} steps/s, median {:.0} tokens/s per step",
         losses.len(),
         losses.len() as f64 / train_seconds,
         median(tokens_per_second)
@@ -232,7 +212,7 @@ fn demo_dataset_loss_falls_by_at_least_40_percent() {
             .map(|l| (l * 100.0).round() / 100.0)
             .collect::<Vec<_>>()
     );
-    assert_eq!(losses.len(), 10 * 8, "10 epochs × ceil(31 / 4) steps");
+    assert_eq!(losses.len(), 15 * 16, "15 epochs × ceil(31 / 2) steps");
     assert!(
         (losses[0] - start).abs() < 0.5,
         "the first step starts near the base loss ({:.3} vs {start:.3})",
@@ -252,9 +232,9 @@ fn demo_dataset_loss_falls_by_at_least_40_percent() {
             _ => None,
         })
         .collect();
-    assert_eq!(validations.len(), 10, "one validation per epoch");
+    assert_eq!(validations.len(), 15, "one validation per epoch");
     assert!(
-        validations[9] < 0.8 * validations[0],
+        validations[14] < 0.8 * validations[0],
         "validation loss should improve on the held-out phrasings: {validations:?}"
     );
 }

@@ -185,6 +185,170 @@ async fn an_uploaded_dataset_is_validated_and_a_job_through_the_rpc_completes() 
     assert_eq!(period_ok, Some(true), "billed in this month's period");
 }
 
+/// The must-show run: the demo dataset uploaded as a user does, validated by the worker, a job
+/// submitted through `create_training_job` with the demo settings (inside the RPC's bounds),
+/// trained for real by the candle backend in a worker process.
+#[tokio::test]
+async fn the_demo_job_through_the_rpc_trains_with_candle_and_its_loss_falls_40_percent() {
+    let pool = db().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let u = user("candle-demo").await;
+    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("candle-base-cache");
+    let cache = cache.to_str().expect("utf-8 path");
+    let w = WorkerProcess::start(
+        dir.path(),
+        &[u.id],
+        &[
+            "--backend",
+            "candle",
+            "--cache-dir",
+            cache,
+            "--log-format",
+            "json",
+        ],
+    );
+
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
+    let content = std::fs::read_to_string(demo.join("support-bot.jsonl")).expect("demo set");
+    let settings: Value = serde_json::from_str(
+        &std::fs::read_to_string(demo.join("support-bot.hyperparameters.json"))
+            .expect("demo settings"),
+    )
+    .expect("demo settings parse");
+    let ds = upload_dataset(&u, "support-bot", &content).await;
+    let ready = wait_for("the demo set to be validated", MINUTE, || {
+        let pool = pool.clone();
+        async move {
+            let (s, ready): (String, bool) =
+                sqlx::query_as("select status, training_ready from public.datasets where id = $1")
+                    .bind(ds)
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (s != "validating").then_some((s, ready))
+        }
+    })
+    .await;
+    assert_eq!(
+        ready,
+        ("ready".to_owned(), true),
+        "the demo set is training-ready"
+    );
+
+    let job = create_job(&u, ds, settings.clone()).await;
+    // The first candle job of a run may also pre-train the base model (~seconds, cached).
+    wait_status(&pool, job, "completed", 5 * MINUTE).await;
+    let (hp, total_steps, artifact_id): (Value, i32, Option<Uuid>) = sqlx::query_as(
+        "select hyperparameters, total_steps, artifact_id from public.training_jobs where id = $1",
+    )
+    .bind(job)
+    .fetch_one(&pool)
+    .await
+    .expect("job");
+    for key in ["learning_rate", "lora_alpha", "batch_size", "num_epochs"] {
+        assert_eq!(hp[key], settings[key], "the job runs the submitted {key}");
+    }
+    let points: Vec<(i32, i32, f64)> = sqlx::query_as(
+        "select epoch, step, training_loss::float8 from public.metrics_points
+          where job_id = $1 and attempt = 1 order by step",
+    )
+    .bind(job)
+    .fetch_all(&pool)
+    .await
+    .expect("metrics");
+    // 31 training conversations (the validator's holdout keeps 5) in batches of 2, 15 epochs.
+    assert_eq!(points.len(), 15 * 16, "one metrics row per optimizer step");
+    assert_eq!(
+        total_steps,
+        15 * 16,
+        "the RPC's step count matches the trainer's"
+    );
+    assert!(
+        points.iter().enumerate().all(|(i, p)| p.1 == i as i32 + 1),
+        "steps 1..=240 without gaps or duplicates"
+    );
+    let first = points[0].2;
+    let last_epoch: Vec<f64> = points.iter().filter(|p| p.0 == 15).map(|p| p.2).collect();
+    let last = last_epoch.iter().sum::<f64>() / last_epoch.len() as f64;
+    let drop = 1.0 - last / first;
+    eprintln!(
+        "demo job {job}: first step {first:.3} → last epoch {last:.3} (−{:.1} %)",
+        drop * 100.0
+    );
+    assert!(
+        drop >= 0.40,
+        "training loss must fall by ≥ 40 % over the run: first step {first:.3} → last epoch {last:.3} ({:.0} %)",
+        drop * 100.0
+    );
+    let (quality,): (Value,) =
+        sqlx::query_as("select quality_metrics from public.model_artifacts where job_id = $1")
+            .bind(job)
+            .fetch_one(&pool)
+            .await
+            .expect("artifact row");
+    let recorded = quality["final_training_loss"].as_f64().expect("final loss");
+    assert!(
+        (recorded - last).abs() < 1e-3,
+        "the artifact records the last epoch's loss ({recorded} vs {last})"
+    );
+
+    let artifacts = check_artifacts(&pool, job, 1).await;
+    let row_id: Uuid =
+        sqlx::query_scalar("select id from public.model_artifacts where job_id = $1")
+            .bind(job)
+            .fetch_one(&pool)
+            .await
+            .expect("artifact id");
+    assert_eq!(artifact_id, Some(row_id), "the job points at its artifact");
+    let weights = artifacts["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .find(|p| p.ends_with("/adapter_model.safetensors"))
+        .expect("the adapter weights are among the files")
+        .to_owned();
+    let bytes = download("lora-models", &weights).await;
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).expect("stored adapter parses");
+    let mut names = tensors.names();
+    names.sort();
+    assert_eq!(names.len(), 2 * 2 * 2, "2 layers × q,v × A,B: {names:?}");
+    let a = tensors
+        .tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")
+        .expect("PEFT key for layer 0 q_proj A");
+    assert_eq!(a.shape(), [8, 64], "A is [r, in] with the submitted rank");
+
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "select type from public.notifications where user_id = $1 order by created_at",
+    )
+    .bind(u.id)
+    .fetch_all(&pool)
+    .await
+    .expect("notifications");
+    assert_eq!(
+        kinds,
+        ["dataset_ready", "job_complete"],
+        "one notification each"
+    );
+    // `--log-format json`: one object per line, fields at the top level, the job's span fields
+    // under `span`.
+    let log = w.log_text();
+    let events: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        events.iter().any(|e| e["backend"] == "candle"),
+        "the worker says it runs the candle backend:\n{log}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["span"]["job_id"] == job.to_string() && e["message"] == "job completed"),
+        "events about the job carry its id as a field:\n{log}"
+    );
+}
+
 #[tokio::test]
 async fn a_broken_dataset_ends_in_error_with_its_errors() {
     let pool = db().await;
