@@ -20,11 +20,19 @@ pub enum Which {
     RestList,
     /// 1 GiB upload and download through /storage/v1 vs nginx, both driven by curl.
     Storage,
+    /// The candle CPU trainer on the demo job vs the same job in PyTorch + PEFT.
+    Trainer,
     All,
 }
 
 pub fn run(which: Which) -> Result<ExitCode> {
     setup::ensure_system_packages()?;
+    if matches!(which, Which::Trainer | Which::All) {
+        trainer()?;
+    }
+    if matches!(which, Which::Trainer) {
+        return Ok(ExitCode::SUCCESS);
+    }
     let stack = TestStack::start(Profile::Release)?;
     let result = (|| {
         if matches!(which, Which::RestList | Which::All) {
@@ -373,5 +381,155 @@ fn storage(stack: &TestStack) -> Result<()> {
         rss_peak as f64 / 1024.0,
         ROUNDS * 2
     );
+    Ok(())
+}
+
+/// The Python side of the trainer benchmark, pinned: installed once into a private virtualenv
+/// (~3.5 GB: PyPI's Linux torch wheel is the CUDA build; it runs on the CPU here).
+const PYTHON_PEER: [&str; 4] = [
+    "torch==2.15.0",
+    "peft==0.21.2",
+    "transformers==5.23.0",
+    "safetensors==0.8.0",
+];
+
+fn python_peer() -> Result<std::path::PathBuf> {
+    let venv = setup::target_dir()?.join("peft-venv");
+    let python = venv.join("bin/python");
+    let ready = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import torch, peft, transformers, safetensors"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if python.is_file() && ready(&python) {
+        return Ok(python);
+    }
+    setup::ensure_debian_package("python3", "python3")?;
+    let venv_ok = Command::new("python3")
+        .args(["-m", "venv", "--help"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !venv_ok {
+        setup::apt_install(&["python3-venv"])?;
+    }
+    eprintln!(
+        "xtask: creating {} with {}",
+        venv.display(),
+        PYTHON_PEER.join(" ")
+    );
+    let status = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status()?;
+    if !status.success() {
+        bail!("python3 -m venv failed ({status})");
+    }
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(PYTHON_PEER)
+        .status()?;
+    if !status.success() || !ready(&python) {
+        bail!("installing the PyTorch peer failed ({status})");
+    }
+    Ok(python)
+}
+
+fn run_json(cmd: &mut Command, report: &Path) -> Result<serde_json::Value> {
+    let status = cmd
+        .stdout(Stdio::inherit())
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(serde_json::from_slice(&fs::read(report)?)?)
+}
+
+/// The candle trainer (`examples/train_demo.rs`, release, one thread) and PyTorch + PEFT
+/// (`demo/peft_peer.py`, CPU, one thread) on the same encoded demo job, alternating, 3 runs
+/// each; medians. Also runs `demo/load_with_peft.py` on candle's adapter first: the peer only
+/// counts if PEFT loads what candle wrote and reproduces its losses.
+fn trainer() -> Result<()> {
+    let python = python_peer()?;
+    if !setup::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "brightrun-worker",
+        "--example",
+        "train_demo",
+    ])? {
+        bail!("building the train_demo example failed");
+    }
+    let example = setup::target_dir()?.join("release/examples/train_demo");
+    let demo = setup::root().join("crates/brightrun-worker/demo");
+    let out = tempfile::tempdir()?;
+    let cache = setup::target_dir()?.join("candle-base-cache");
+    let candle = || {
+        run_json(
+            Command::new(&example)
+                .arg(out.path())
+                .arg("--cache-dir")
+                .arg(&cache)
+                .env("CANDLE_NUM_THREADS", "1")
+                .env("RAYON_NUM_THREADS", "1"),
+            &out.path().join("candle_run.json"),
+        )
+    };
+    let peer = || {
+        run_json(
+            Command::new(&python)
+                .arg(demo.join("peft_peer.py"))
+                .arg(out.path())
+                .args(["--threads", "1"])
+                .env("PYTHONWARNINGS", "ignore"),
+            &out.path().join("peft_run.json"),
+        )
+    };
+    let first = candle()?;
+    let status = Command::new(&python)
+        .arg(demo.join("load_with_peft.py"))
+        .arg(out.path().join("adapter"))
+        .env("PYTHONWARNINGS", "ignore")
+        .status()?;
+    if !status.success() {
+        bail!("PEFT could not load the candle adapter or reproduce its losses");
+    }
+    let mut runs: [Vec<serde_json::Value>; 2] = [vec![first], vec![]];
+    for i in 0..5 {
+        if i % 2 == 0 {
+            runs[1].push(peer()?);
+        } else {
+            runs[0].push(candle()?);
+        }
+    }
+    println!(
+        "\n| trainer | steps | steps/s (median of 3) | tokens/s (median per step) | loss: first step → last epoch | validation |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for r in &runs {
+        let med = |key: &str| median(r.iter().filter_map(|x| x[key].as_f64()).collect());
+        let last = &r[0];
+        println!(
+            "| {} | {} | {:.1} | {:.0} | {:.3} → {:.3} | {:.3} |",
+            last["backend"].as_str().unwrap_or("?"),
+            last["optimizer_steps"],
+            med("steps_per_second"),
+            med("tokens_per_second_median"),
+            med("first_step_loss"),
+            med("final_train_loss"),
+            med("final_validation_loss"),
+        );
+    }
     Ok(())
 }

@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Loads an adapter written by the candle trainer with Hugging Face `peft` and checks it.
 
-Optional (not part of the test suite; needs `pip install torch transformers peft safetensors`):
+Optional (not part of the test suite; needs `pip install torch transformers peft safetensors`,
+which `cargo xtask bench trainer` installs into a private virtualenv and then runs this on a fresh
+adapter):
 
-    python3 crates/brightrun-worker/demo/load_with_peft.py ADAPTER_DIR
+    cargo run --release -p brightrun-worker --example train_demo -- /tmp/demo
+    python3 crates/brightrun-worker/demo/load_with_peft.py /tmp/demo/adapter
+
+or on an adapter a job produced: `brightrun models download JOB_ID --to DIR`, then this on DIR.
 
 ADAPTER_DIR holds adapter_model.safetensors, adapter_config.json, the tokenizer files and
 brightrun_adapter.json (which names the cached base model directory, a Hugging Face
@@ -55,6 +60,8 @@ def main():
     probe = info["probe"]
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     ids = tokenizer.apply_chat_template(probe["messages"], tokenize=True)
+    if hasattr(ids, "keys"):  # transformers >= 5 returns a BatchEncoding by default
+        ids = ids["input_ids"]
     assert list(ids) == probe["ids"], f"chat template ids differ:\n{list(ids)}\n{probe['ids']}"
 
     # Trainable: the assistant turn's bytes and its closing <|end|> (as the trainer marks them).
