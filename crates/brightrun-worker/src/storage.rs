@@ -1,6 +1,12 @@
 //! Supabase Storage over HTTP with the service_role key: dataset downloads (streamed) and
 //! artifact uploads. The worker talks to Storage, never to its files directly, so it works the
 //! same against hosted Supabase and brightrun-stack.
+//!
+//! Uploads up to [`UploadPolicy::tus_threshold`] are one `POST` with `x-upsert` (idempotent, so
+//! simply repeated on a transient error). Larger files go through TUS (`/upload/resumable`, 6 MiB
+//! chunks, what Supabase requires): after a cut connection or a 5xx the offset is re-read with
+//! `HEAD` and the upload continues from there, so a network blip near the end of a large adapter
+//! costs one chunk, not the attempt (which would mean training again).
 
 use std::fmt;
 use std::path::Path;
@@ -73,11 +79,66 @@ pub struct Uploaded {
     pub sha256: String,
 }
 
+/// How uploads survive transient failures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UploadPolicy {
+    /// Files larger than this use TUS.
+    pub tus_threshold: u64,
+    /// Bytes per TUS `PATCH` (the last may be smaller).
+    pub chunk_size: u64,
+    /// Transient failures tolerated per file before the upload (and so the attempt) fails;
+    /// progress resets the count.
+    pub retries: u32,
+    /// Backoff after the first failure; doubles up to `max_delay`.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for UploadPolicy {
+    fn default() -> Self {
+        Self {
+            tus_threshold: 6 * 1024 * 1024,
+            chunk_size: 6 * 1024 * 1024,
+            retries: 8,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Storage {
     http: reqwest::Client,
     base: String,
     key: ServiceKey,
+    upload: UploadPolicy,
+}
+
+const TUS_VERSION: &str = "1.0.0";
+
+/// Reads `len` bytes at `offset` of a file.
+async fn read_chunk(file: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncSeekExt as _;
+    let mut f = tokio::fs::File::open(file).await?;
+    f.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(len).read_to_end(&mut buf).await?;
+    if (buf.len() as u64) < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the file shrank during the upload",
+        ));
+    }
+    Ok(buf)
+}
+
+fn upload_offset(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers()
+        .get("upload-offset")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Encodes each segment of an object path for a URL, keeping the `/` separators.
@@ -108,7 +169,13 @@ impl Storage {
             http,
             base: format!("{}/storage/v1", api_url.trim_end_matches('/')),
             key,
+            upload: UploadPolicy::default(),
         })
+    }
+
+    pub fn with_upload_policy(mut self, policy: UploadPolicy) -> Self {
+        self.upload = policy;
+        self
     }
 
     fn object_url(&self, bucket: &str, path: &str) -> String {
@@ -152,7 +219,8 @@ impl Storage {
     }
 
     /// Uploads a local file (replacing an object already there, so a retried attempt's upload
-    /// is idempotent) and returns its size and SHA-256 as uploaded.
+    /// is idempotent) and returns its size and SHA-256 as uploaded. Transient failures are
+    /// retried per [`UploadPolicy`]; large files resume where they stopped (TUS).
     pub async fn upload_file(
         &self,
         bucket: &str,
@@ -179,7 +247,39 @@ impl Storage {
             size += n as u64;
         }
         let sha256 = hex::encode(hasher.finalize());
-        let f = tokio::fs::File::open(file).await.map_err(file_err)?;
+        if size > self.upload.tus_threshold {
+            self.upload_resumable(bucket, path, file, size, content_type)
+                .await?;
+        } else {
+            let mut backoff = Backoff::new(&self.upload);
+            loop {
+                match self.post_file(bucket, path, file, size, content_type).await {
+                    Ok(()) => break,
+                    Err(e) => backoff.wait_or_fail(e).await?,
+                }
+            }
+        }
+        Ok(Uploaded {
+            path: path.to_owned(),
+            size,
+            sha256,
+        })
+    }
+
+    async fn post_file(
+        &self,
+        bucket: &str,
+        path: &str,
+        file: &Path,
+        size: u64,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|source| StorageError::File {
+                path: file.display().to_string(),
+                source,
+            })?;
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
         let resp = self
             .authed(self.http.post(self.object_url(bucket, path)))
@@ -190,11 +290,137 @@ impl Storage {
             .send()
             .await?;
         Self::check(resp, || format!("upload to {bucket}/{path}")).await?;
-        Ok(Uploaded {
-            path: path.to_owned(),
-            size,
-            sha256,
-        })
+        Ok(())
+    }
+
+    /// TUS 1.0.0 against `/storage/v1/upload/resumable`: create, then PATCH chunk by chunk; on a
+    /// transient failure HEAD the upload and go on from the offset the server confirms. An
+    /// upload the server no longer knows (404/410) starts over.
+    async fn upload_resumable(
+        &self,
+        bucket: &str,
+        path: &str,
+        file: &Path,
+        size: u64,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        use base64::Engine as _;
+        let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+        let metadata = format!(
+            "bucketName {},objectName {},contentType {}",
+            b64(bucket),
+            b64(path),
+            b64(content_type)
+        );
+        let what = || format!("resumable upload to {bucket}/{path}");
+        let mut backoff = Backoff::new(&self.upload);
+        let mut location: Option<String> = None;
+        let mut offset = 0u64;
+        let mut confirmed = 0u64;
+        // Whether `offset` must be re-read from the server before the next PATCH.
+        let mut resync = false;
+        loop {
+            let step: Result<(), StorageError> = async {
+                let Some(url) = location.clone() else {
+                    let resp = self
+                        .authed(self.http.post(format!("{}/upload/resumable", self.base)))
+                        .header("tus-resumable", TUS_VERSION)
+                        .header("upload-length", size)
+                        .header("upload-metadata", &metadata)
+                        .header("x-upsert", "true")
+                        .header("content-length", 0)
+                        .send()
+                        .await?;
+                    let resp = Self::check(resp, what).await?;
+                    let url = resp
+                        .headers()
+                        .get("location")
+                        .and_then(|l| l.to_str().ok())
+                        .map(|l| url::Url::parse(&self.base).and_then(|b| b.join(l)))
+                        .and_then(Result::ok)
+                        .ok_or_else(|| StorageError::Status {
+                            status: resp.status().as_u16(),
+                            what: what(),
+                            body: "TUS creation answered without a usable Location".into(),
+                        })?;
+                    location = Some(url.into());
+                    offset = 0;
+                    resync = false;
+                    return Ok(());
+                };
+                if resync {
+                    let resp = self
+                        .authed(self.http.head(&url))
+                        .header("tus-resumable", TUS_VERSION)
+                        .send()
+                        .await?;
+                    let resp = Self::check(resp, what).await?;
+                    offset = upload_offset(&resp).ok_or_else(|| StorageError::Status {
+                        status: resp.status().as_u16(),
+                        what: what(),
+                        body: "TUS HEAD answered without Upload-Offset".into(),
+                    })?;
+                    resync = false;
+                    return Ok(());
+                }
+                let len = self.upload.chunk_size.min(size - offset);
+                let chunk =
+                    read_chunk(file, offset, len)
+                        .await
+                        .map_err(|source| StorageError::File {
+                            path: file.display().to_string(),
+                            source,
+                        })?;
+                let resp = self
+                    .authed(self.http.patch(&url))
+                    .header("tus-resumable", TUS_VERSION)
+                    .header("upload-offset", offset)
+                    .header("content-type", "application/offset+octet-stream")
+                    .header("x-upsert", "true")
+                    .body(chunk)
+                    .send()
+                    .await?;
+                let resp = Self::check(resp, what).await?;
+                match upload_offset(&resp) {
+                    Some(next) if next > offset && next <= size => offset = next,
+                    _ => resync = true,
+                }
+                Ok(())
+            }
+            .await;
+            match step {
+                Ok(()) => {
+                    if location.is_some() && !resync && offset == size {
+                        return Ok(());
+                    }
+                    // Only new bytes on the server count as progress: a connection that is cut
+                    // at the same place every time must still run out of tries.
+                    if offset > confirmed {
+                        confirmed = offset;
+                        backoff.reset();
+                    }
+                }
+                // Gone (unknown or expired upload): start a new one.
+                Err(
+                    e @ StorageError::Status {
+                        status: 404 | 410, ..
+                    },
+                ) if location.is_some() => {
+                    location = None;
+                    backoff.count_failure(e)?;
+                }
+                // Offset conflict: another request moved it (or our last PATCH landed but its
+                // answer was lost). Ask where it stands; no wait needed.
+                Err(e @ StorageError::Status { status: 409, .. }) if location.is_some() => {
+                    resync = true;
+                    backoff.count_failure(e)?;
+                }
+                Err(e) => {
+                    resync = location.is_some();
+                    backoff.wait_or_fail(e).await?;
+                }
+            }
+        }
     }
 
     /// Uploads bytes (tests and small objects).
@@ -270,6 +496,52 @@ impl Storage {
             .send()
             .await?;
         Self::check(resp, || format!("deleting from {bucket}")).await?;
+        Ok(())
+    }
+}
+
+/// Counts transient failures of one upload and sleeps between them (exponential, capped).
+struct Backoff {
+    failures: u32,
+    policy: UploadPolicy,
+}
+
+impl Backoff {
+    fn new(policy: &UploadPolicy) -> Self {
+        Self {
+            failures: 0,
+            policy: policy.clone(),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Counts a failure that needs no wait (the next request fixes it); returns `e` when no
+    /// tries are left.
+    fn count_failure(&mut self, e: StorageError) -> Result<(), StorageError> {
+        if self.failures >= self.policy.retries {
+            return Err(e);
+        }
+        self.failures += 1;
+        Ok(())
+    }
+
+    /// Sleeps before the next try when `e` is transient and tries are left; returns `e` otherwise.
+    async fn wait_or_fail(&mut self, e: StorageError) -> Result<(), StorageError> {
+        if !e.is_retryable() || self.failures >= self.policy.retries {
+            return Err(e);
+        }
+        let factor = 2u32.saturating_pow(self.failures.min(16));
+        self.failures += 1;
+        let delay = self
+            .policy
+            .base_delay
+            .saturating_mul(factor)
+            .min(self.policy.max_delay);
+        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "upload interrupted; retrying");
+        tokio::time::sleep(delay).await;
         Ok(())
     }
 }

@@ -2,5 +2,8 @@
 
 mod candle;
 mod jobs;
+#[path = "../../../brightrun-client/tests/client/proxy.rs"]
+mod proxy;
 mod queue;
+mod storage;
 mod support;
