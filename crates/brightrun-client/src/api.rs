@@ -531,10 +531,12 @@ impl Api {
         })
     }
 
-    /// The job's metrics after step `after_step` (all for `None`), by step.
+    /// The metrics of one attempt of a job after step `after_step` (all for `None`), by step.
+    /// Steps restart at 1 with every attempt (a reclaimed job trains again).
     pub async fn metrics_since(
         &self,
         job_id: Uuid,
+        attempt: i64,
         after_step: Option<i64>,
     ) -> Result<Vec<MetricsPoint>> {
         let mut points: Vec<MetricsPoint> = Vec::new();
@@ -542,6 +544,7 @@ impl Api {
         loop {
             let mut query = vec![
                 ("job_id", format!("eq.{job_id}")),
+                ("attempt", format!("eq.{attempt}")),
                 ("order", "step.asc".to_owned()),
                 ("limit", PAGE.to_string()),
             ];

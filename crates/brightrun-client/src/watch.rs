@@ -1,8 +1,8 @@
 //! The job watcher (ARCHITECTURE §6): polls PostgREST incrementally (`updated_at` cursor, metrics
-//! by `step`), fast while a job runs and the window is visible, slower in the background, backing
-//! off when offline; emits typed [`WatchEvent`]s; raises one [`JobAlert`] per terminal transition
-//! (completed, failed), deduplicated by `job:{id}:{status}` in the local database so a restart
-//! never repeats one, and none for a job the user cancelled.
+//! by `step` within the job's current attempt), fast while a job runs and the window is visible,
+//! slower in the background, backing off when offline; emits typed [`WatchEvent`]s; raises one
+//! [`JobAlert`] per terminal transition (completed, failed), deduplicated by `job:{id}:{status}`
+//! in the local database so a restart never repeats one, and none for a job the user cancelled.
 //!
 //! Polling sits behind [`JobFeed`] so Supabase Realtime can replace it without touching the rest.
 //! The watcher raises no native notification itself: the shell turns a [`JobAlert`] into one.
@@ -30,10 +30,12 @@ pub trait JobFeed: Send + Sync {
         &self,
         cursor: Option<DateTime<Utc>>,
     ) -> BoxFuture<'_, Result<Vec<TrainingJob>>>;
-    /// A job's metrics after `after_step` (all for `None`), by step.
+    /// The metrics of one attempt of a job after `after_step` (all for `None`), by step. Steps
+    /// restart at 1 with every attempt, so a step cursor means something only within one.
     fn metrics_since(
         &self,
         job_id: Uuid,
+        attempt: i64,
         after_step: Option<i64>,
     ) -> BoxFuture<'_, Result<Vec<MetricsPoint>>>;
 }
@@ -49,9 +51,10 @@ impl JobFeed for Api {
     fn metrics_since(
         &self,
         job_id: Uuid,
+        attempt: i64,
         after_step: Option<i64>,
     ) -> BoxFuture<'_, Result<Vec<MetricsPoint>>> {
-        Box::pin(Api::metrics_since(self, job_id, after_step))
+        Box::pin(Api::metrics_since(self, job_id, attempt, after_step))
     }
 }
 
@@ -104,9 +107,12 @@ impl JobAlert {
 pub enum WatchEvent {
     /// A job is new or changed (status, progress, cost, ...).
     JobUpdated(Box<TrainingJob>),
-    /// New metrics points of a job, by step.
+    /// New metrics points of one attempt of a job, by step. When `attempt` differs from the one
+    /// of this job's previous `Metrics`, the job was reclaimed and trains again from step 1:
+    /// these points start a new curve that replaces the earlier attempt's.
     Metrics {
         job_id: Uuid,
+        attempt: i64,
         points: Vec<MetricsPoint>,
     },
     /// Raise a notification (already deduplicated).
@@ -184,6 +190,33 @@ fn is_active(status: &JobStatus) -> bool {
     )
 }
 
+/// What the watcher knows of one job's row.
+#[derive(Debug, Clone)]
+struct SeenJob {
+    /// `updated_at`: the row's version.
+    version: DateTime<Utc>,
+    status: JobStatus,
+    /// [`TrainingJob::metrics_attempt`]: whose metrics are the job's current curve.
+    attempt: i64,
+}
+
+impl SeenJob {
+    fn of(job: &TrainingJob) -> Self {
+        Self {
+            version: job.updated_at,
+            status: job.status.clone(),
+            attempt: job.metrics_attempt(),
+        }
+    }
+}
+
+/// How far one job's metrics were delivered: the attempt followed and its last step delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MetricsCursor {
+    attempt: i64,
+    step: Option<i64>,
+}
+
 /// Watches the jobs of one user.
 pub struct JobWatcher {
     feed: Arc<dyn JobFeed>,
@@ -191,10 +224,10 @@ pub struct JobWatcher {
     user_id: Uuid,
     /// The newest `updated_at` seen (persisted through the job cache).
     cursor: Option<DateTime<Utc>>,
-    /// The version (`updated_at`) and status of every job seen.
-    seen: HashMap<Uuid, (DateTime<Utc>, JobStatus)>,
-    /// The last metrics step delivered per job.
-    last_step: HashMap<Uuid, i64>,
+    /// Every job seen.
+    seen: HashMap<Uuid, SeenJob>,
+    /// Per job whose metrics are followed, how far they were delivered.
+    metrics: HashMap<Uuid, MetricsCursor>,
 }
 
 impl JobWatcher {
@@ -205,7 +238,7 @@ impl JobWatcher {
         let seen = cached
             .items
             .iter()
-            .map(|j| (j.id, (j.updated_at, j.status.clone())))
+            .map(|j| (j.id, SeenJob::of(j)))
             .collect();
         let cursor = db.jobs_cursor(user_id).await?;
         Ok(Self {
@@ -214,13 +247,13 @@ impl JobWatcher {
             user_id,
             cursor,
             seen,
-            last_step: HashMap::new(),
+            metrics: HashMap::new(),
         })
     }
 
     /// True while any known job is queued or running.
     pub fn any_active(&self) -> bool {
-        self.seen.values().any(|(_, status)| is_active(status))
+        self.seen.values().any(|job| is_active(&job.status))
     }
 
     /// One poll: changed jobs, new metrics of running jobs, alerts for terminal transitions.
@@ -235,18 +268,18 @@ impl JobWatcher {
             .filter(|job| {
                 self.seen
                     .get(&job.id)
-                    .is_none_or(|(version, _)| *version < job.updated_at)
+                    .is_none_or(|seen| seen.version < job.updated_at)
             })
             .collect();
 
         // Metrics: every active job (the worker may add points without touching the job row),
         // and a job that just ended, for its last points. Jobs that had ended before the first
-        // sync on this machine are history.
-        let mut targets: Vec<Uuid> = self
+        // sync on this machine are history. Each job's metrics are those of its current attempt.
+        let mut targets: Vec<(Uuid, i64)> = self
             .seen
             .iter()
-            .filter(|(id, (_, status))| is_active(status) && !fresh.iter().any(|j| j.id == **id))
-            .map(|(id, _)| *id)
+            .filter(|(id, seen)| is_active(&seen.status) && !fresh.iter().any(|j| j.id == **id))
+            .map(|(id, seen)| (*id, seen.attempt))
             .collect();
         targets.extend(
             fresh
@@ -254,17 +287,31 @@ impl JobWatcher {
                 .filter(|j| {
                     is_active(&j.status)
                         || (j.status.is_terminal()
-                            && (!first_sync || self.last_step.contains_key(&j.id)))
+                            && (!first_sync || self.metrics.contains_key(&j.id)))
                 })
-                .map(|j| j.id),
+                .map(|j| (j.id, j.metrics_attempt())),
         );
         let mut metrics = Vec::new();
-        for job_id in targets {
-            let after = self.last_step.get(&job_id).copied();
-            let points = self.feed.metrics_since(job_id, after).await?;
-            if let Some(last) = points.last() {
-                self.last_step.insert(job_id, last.step);
-                metrics.push(WatchEvent::Metrics { job_id, points });
+        // Applied only once the whole poll has succeeded: a failure later in it must not skip
+        // the points read here, which are then never delivered.
+        let mut advanced = Vec::new();
+        for (job_id, attempt) in targets {
+            // A new attempt (the job was reclaimed) trains again from step 1: its points are read
+            // from the start, whatever step the previous attempt had reached.
+            let after = self
+                .metrics
+                .get(&job_id)
+                .filter(|cursor| cursor.attempt == attempt)
+                .and_then(|cursor| cursor.step);
+            let points = self.feed.metrics_since(job_id, attempt, after).await?;
+            let step = points.last().map(|p| p.step).or(after);
+            advanced.push((job_id, MetricsCursor { attempt, step }));
+            if !points.is_empty() {
+                metrics.push(WatchEvent::Metrics {
+                    job_id,
+                    attempt,
+                    points,
+                });
             }
         }
 
@@ -289,14 +336,15 @@ impl JobWatcher {
         // Persist before advancing in memory: if the cache write fails, the next poll repeats
         // the same window instead of losing it (alerts are deduplicated anyway).
         self.db.merge_jobs(self.user_id, &fresh, fetched_at).await?;
+        self.metrics.extend(advanced);
         for job in fresh {
             if job.status.is_terminal() {
-                self.last_step.remove(&job.id);
+                self.metrics.remove(&job.id);
             }
             if self.cursor.is_none_or(|c| job.updated_at > c) {
                 self.cursor = Some(job.updated_at);
             }
-            self.seen.insert(job.id, (job.updated_at, job.status));
+            self.seen.insert(job.id, SeenJob::of(&job));
         }
         if self.cursor.is_none() {
             // No jobs at all yet: from now on everything is news.

@@ -337,8 +337,27 @@ pub struct TrainingJob {
     pub retry_count: i64,
     pub external_job_id: Option<String>,
     pub artifact_id: Option<Uuid>,
+    /// Which claim by a worker this is (`training_jobs.attempt`): 0 until a worker first claims
+    /// the job, one more on every claim (a reclaimed job trains again from step 1).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub attempt: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl TrainingJob {
+    /// The attempt whose metrics are the job's current curve. `metrics_points.attempt` starts at
+    /// 1 (its default, for writers that do not claim), so a job never claimed reads as attempt 1.
+    pub fn metrics_attempt(&self) -> i64 {
+        self.attempt.max(FIRST_ATTEMPT)
+    }
+}
+
+/// `metrics_points.attempt` of a point written without one (the column's default).
+pub const FIRST_ATTEMPT: i64 = 1;
+
+fn first_attempt() -> i64 {
+    FIRST_ATTEMPT
 }
 
 /// A row of `metrics_points`: one logged training step.
@@ -346,6 +365,10 @@ pub struct TrainingJob {
 pub struct MetricsPoint {
     pub id: Uuid,
     pub job_id: Uuid,
+    /// The job's attempt that logged the point (`metrics_points.attempt`): steps restart at 1
+    /// with every attempt, so a step is only unique within its attempt.
+    #[serde(default = "first_attempt")]
+    pub attempt: i64,
     pub timestamp: DateTime<Utc>,
     pub epoch: i64,
     pub step: i64,
@@ -598,4 +621,24 @@ pub fn known_context_length(base_model: &str) -> Option<u32> {
         .iter()
         .find(|(fragment, _)| model.contains(fragment))
         .map(|&(_, tokens)| tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_without_attempt_still_parse() {
+        let point: MetricsPoint = serde_json::from_value(serde_json::json!({
+            "id": Uuid::nil(), "job_id": Uuid::nil(), "timestamp": "2026-11-22T10:00:00+00:00",
+            "epoch": 0, "step": 3, "training_loss": 1.5, "validation_loss": null,
+            "learning_rate": 0.0002, "gradient_norm": null, "throughput": null,
+            "gpu_utilization": null
+        }))
+        .expect("a point from before the attempt column parses");
+        assert_eq!(
+            point.attempt, FIRST_ATTEMPT,
+            "it reads as the column's default, the first attempt"
+        );
+    }
 }

@@ -539,14 +539,23 @@ async fn metrics_models_costs_notifications_and_catalogue() {
         .await
         .expect("insert metric");
     }
-    let all = api.metrics_since(job.id, None).await.expect("metrics");
+    // A later attempt's points share step numbers and must not mix in.
+    sqlx::query(
+        "insert into public.metrics_points (job_id, attempt, epoch, step, training_loss, learning_rate)
+         values ($1, 2, 0, 4, 9.0, 0.0002)",
+    )
+    .bind(job.id)
+    .execute(&db)
+    .await
+    .expect("insert attempt 2 metric");
+    let all = api.metrics_since(job.id, 1, None).await.expect("metrics");
     assert_eq!(
         all.iter().map(|p| p.step).collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5],
         "by step"
     );
     let newer = api
-        .metrics_since(job.id, Some(3))
+        .metrics_since(job.id, 1, Some(3))
         .await
         .expect("metrics since 3");
     assert_eq!(
@@ -557,6 +566,15 @@ async fn metrics_models_costs_notifications_and_catalogue() {
     assert!(
         (newer[1].training_loss - 1.5).abs() < 1e-9,
         "values arrive as numbers"
+    );
+    let second = api
+        .metrics_since(job.id, 2, None)
+        .await
+        .expect("attempt 2");
+    assert_eq!(
+        second.iter().map(|p| (p.attempt, p.step)).collect::<Vec<_>>(),
+        vec![(2, 4)],
+        "one attempt at a time"
     );
 
     // A model artifact as the worker records it.

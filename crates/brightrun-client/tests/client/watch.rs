@@ -1,5 +1,6 @@
-//! The job watcher against the real stack: incremental changes, metrics by step, one alert per
-//! terminal transition that survives a restart, none for history or for a cancelled job.
+//! The job watcher against the real stack: incremental changes, metrics by step within the job's
+//! current attempt, one alert per terminal transition that survives a restart, none for history
+//! or for a cancelled job.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,17 +52,43 @@ async fn set_status(db: &PgPool, job_id: Uuid, status: &str) {
 }
 
 async fn add_metrics(db: &PgPool, job_id: Uuid, steps: std::ops::RangeInclusive<i32>) {
+    add_attempt_metrics(db, job_id, 1, steps).await;
+}
+
+/// Points as the worker holding `attempt` writes them.
+async fn add_attempt_metrics(
+    db: &PgPool,
+    job_id: Uuid,
+    attempt: i32,
+    steps: std::ops::RangeInclusive<i32>,
+) {
     for step in steps {
         sqlx::query(
             "insert into public.metrics_points (job_id, attempt, epoch, step, training_loss, learning_rate)
-             values ($1, 1, 0, $2, 1.0, 0.0001)",
+             values ($1, $2, 0, $3, 1.0, 0.0001)",
         )
         .bind(job_id)
+        .bind(attempt)
         .bind(step)
         .execute(db)
         .await
         .expect("insert metric");
     }
+}
+
+/// What a claim writes: the next attempt, running from step 0 (`attempt` is the fencing token).
+async fn claim(db: &PgPool, job_id: Uuid, attempt: i32) {
+    sqlx::query(
+        "update public.training_jobs set status = 'running', current_stage = 'training',
+            attempt = $2, current_step = 0, worker_id = 'worker-' || $2::text,
+            started_at = coalesce(started_at, now())
+         where id = $1",
+    )
+    .bind(job_id)
+    .bind(attempt)
+    .execute(db)
+    .await
+    .expect("claim the job");
 }
 
 fn updated(events: &[WatchEvent]) -> Vec<(Uuid, JobStatus)> {
@@ -78,12 +105,27 @@ fn steps(events: &[WatchEvent], job_id: Uuid) -> Vec<i64> {
     events
         .iter()
         .filter_map(|e| match e {
-            WatchEvent::Metrics { job_id: id, points } if *id == job_id => {
-                Some(points.iter().map(|p| p.step).collect::<Vec<_>>())
-            }
+            WatchEvent::Metrics {
+                job_id: id, points, ..
+            } if *id == job_id => Some(points.iter().map(|p| p.step).collect::<Vec<_>>()),
             _ => None,
         })
         .flatten()
+        .collect()
+}
+
+/// `(attempt, steps)` of each `Metrics` event of a job.
+fn attempt_steps(events: &[WatchEvent], job_id: Uuid) -> Vec<(i64, Vec<i64>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            WatchEvent::Metrics {
+                job_id: id,
+                attempt,
+                points,
+            } if *id == job_id => Some((*attempt, points.iter().map(|p| p.step).collect())),
+            _ => None,
+        })
         .collect()
 }
 
@@ -241,6 +283,77 @@ async fn watcher_reports_changes_and_alerts_once_across_restarts() {
     assert!(
         cached.fetched_at.is_some(),
         "with the time of the last refresh"
+    );
+    pg.close().await;
+}
+
+#[tokio::test]
+async fn a_reclaimed_job_restarts_its_curve_without_mixing_attempts() {
+    let (user, api) = minted("watch-attempts").await;
+    let pg = db().await;
+    let dataset = ready_dataset(&pg, user.id, "Reclaimed").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = LocalDb::open(&dir.path().join("local.db"))
+        .await
+        .expect("local db");
+    let mut watcher = JobWatcher::new(Arc::new(api.clone()), local, user.id)
+        .await
+        .expect("watcher");
+    assert!(
+        watcher.poll_once().await.expect("first poll").is_empty(),
+        "a new user has no jobs"
+    );
+
+    let job = api
+        .create_training_job(&job_input(dataset))
+        .await
+        .expect("job");
+    claim(&pg, job.id, 1).await;
+    add_attempt_metrics(&pg, job.id, 1, 1..=5).await;
+    let events = watcher.poll_once().await.expect("poll");
+    assert_eq!(
+        attempt_steps(&events, job.id),
+        vec![(1, vec![1, 2, 3, 4, 5])],
+        "the first attempt's points: {events:?}"
+    );
+
+    // The first worker logs one more point, loses its lease, and another worker reclaims the
+    // job: attempt 2 starts again at step 1, below the step the watcher had reached.
+    add_attempt_metrics(&pg, job.id, 1, 6..=6).await;
+    claim(&pg, job.id, 2).await;
+    add_attempt_metrics(&pg, job.id, 2, 1..=3).await;
+    let events = watcher.poll_once().await.expect("poll after the reclaim");
+    let reclaimed = updated(&events);
+    assert_eq!(
+        reclaimed,
+        vec![(job.id, JobStatus::Running)],
+        "the claim changed the row"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, WatchEvent::JobUpdated(j) if j.attempt == 2)),
+        "the job row carries its attempt: {events:?}"
+    );
+    assert_eq!(
+        attempt_steps(&events, job.id),
+        vec![(2, vec![1, 2, 3])],
+        "the new attempt's curve from step 1, nothing of the old one (its step 6 included): \
+         {events:?}"
+    );
+
+    // Points of the new attempt past the old attempt's last step, with no row change.
+    add_attempt_metrics(&pg, job.id, 2, 4..=7).await;
+    let events = watcher.poll_once().await.expect("poll");
+    assert!(updated(&events).is_empty(), "the job row did not change");
+    assert_eq!(
+        attempt_steps(&events, job.id),
+        vec![(2, vec![4, 5, 6, 7])],
+        "the cursor follows attempt 2 alone (attempt 1's step 6 is not news): {events:?}"
+    );
+    assert!(
+        watcher.poll_once().await.expect("poll").is_empty(),
+        "nothing new, nothing reported"
     );
     pg.close().await;
 }

@@ -10,6 +10,7 @@ fn metrics(count: i64) -> Vec<MetricsPoint> {
         .map(|step| MetricsPoint {
             id: Uuid::nil(),
             job_id: Uuid::nil(),
+            attempt: 1,
             timestamp: Utc
                 .timestamp_opt(1_800_000_000 + step, 0)
                 .single()

@@ -89,10 +89,11 @@ fn unknown_status_values_are_kept_not_rejected() {
         "completed_at": null, "estimated_completion_at": "2026-11-22T12:00:00+00:00",
         "current_cost": 1.25, "estimated_total_cost": 3.41, "final_cost": null,
         "error_message": null, "error_stack": null, "retry_count": 0,
-        "external_job_id": null, "artifact_id": null,
+        "external_job_id": null, "artifact_id": null, "attempt": 2,
         "created_at": "2026-11-22T10:00:00+00:00", "updated_at": "2026-11-22T10:05:00.5+00:00"
     });
     let job: TrainingJob = round_trip(row.clone());
+    assert_eq!(job.attempt, 2, "the claim count reads");
     assert_eq!(
         job.status,
         JobStatus::Other("paused_by_admin".into()),
@@ -114,11 +115,12 @@ fn unknown_status_values_are_kept_not_rejected() {
 #[test]
 fn metrics_artifacts_costs_and_notifications_round_trip() {
     let point: MetricsPoint = round_trip(json!({
-        "id": "11111111-2222-4333-8444-555555555555", "job_id": JOB,
+        "id": "11111111-2222-4333-8444-555555555555", "job_id": JOB, "attempt": 2,
         "timestamp": "2026-11-22T10:00:00.123456+00:00", "epoch": 1, "step": 10,
         "training_loss": 1.234567, "validation_loss": null, "learning_rate": 0.0001999999,
         "gradient_norm": 0.5, "throughput": 3200.25, "gpu_utilization": 97.5
     }));
+    assert_eq!(point.attempt, 2, "the attempt that logged the point reads");
     assert_eq!(
         point.learning_rate, 0.0001999999,
         "numeric(12,10) read as a number"
