@@ -15,7 +15,10 @@ use brightrun_client::api::{EstimateRequest, NotificationFilter};
 use brightrun_client::transfer::{
     DownloadOptions, Downloader, TransferError, UploadOptions, UploadRequest, Uploader,
 };
-use brightrun_core::{CreateTrainingJobInput, GpuConfig, JobStatus, PresetId, ValidationOptions};
+use brightrun_core::{
+    CreateTrainingJobInput, GpuConfig, HyperparameterConfig, JobStage, JobStatus, PresetId,
+    ValidationOptions,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
@@ -135,10 +138,148 @@ struct JobSpec {
     gpu: String,
     #[arg(long, default_value_t = 1)]
     gpus: u32,
+    /// The hyperparameters to start from (the server's preset); each Hyperparameters option
+    /// changes one value of it.
     #[arg(long, value_enum, default_value_t = Preset::Balanced)]
     preset: Preset,
-    #[arg(long)]
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// Changes to the preset's hyperparameters, one value each. Values that cannot be right are
+/// refused here; the server checks the whole configuration against its bounds when the job is
+/// created, and says which value is out of range.
+#[derive(clap::Args, Debug, Default)]
+#[command(next_help_heading = "Hyperparameters (default: the preset's)")]
+struct Overrides {
+    /// Base model id, e.g. mistralai/Mistral-7B-v0.1.
+    #[arg(long, value_name = "MODEL", value_parser = model_id)]
+    base_model: Option<String>,
+    /// Learning rate (the peak, after warm-up), e.g. 0.0002.
+    #[arg(long, value_name = "LR", value_parser = above_zero, allow_negative_numbers = true)]
+    learning_rate: Option<f64>,
+    /// Training pairs per batch.
+    #[arg(long, value_name = "N", value_parser = at_least_one, allow_negative_numbers = true)]
+    batch_size: Option<u32>,
+    /// Passes over the training set.
+    #[arg(long, value_name = "N", value_parser = at_least_one, allow_negative_numbers = true)]
     epochs: Option<u32>,
+    /// LoRA rank r. The preset's --lora-alpha stays unless given too.
+    #[arg(long, value_name = "R", value_parser = at_least_one, allow_negative_numbers = true)]
+    lora_rank: Option<u32>,
+    /// LoRA alpha (the adapter's scale is alpha / r).
+    #[arg(long, value_name = "ALPHA", value_parser = at_least_one, allow_negative_numbers = true)]
+    lora_alpha: Option<u32>,
+    /// Dropout on the LoRA layers, at least 0 and below 1.
+    #[arg(long, value_name = "P", value_parser = probability, allow_negative_numbers = true)]
+    lora_dropout: Option<f64>,
+    /// Steps of linear learning-rate warm-up.
+    #[arg(long, value_name = "STEPS", value_parser = zero_or_more_whole, allow_negative_numbers = true)]
+    warmup_steps: Option<u32>,
+    /// AdamW weight decay.
+    #[arg(long, value_name = "W", value_parser = zero_or_more, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
+    /// Batches per optimizer step.
+    #[arg(long, value_name = "N", value_parser = at_least_one, allow_negative_numbers = true)]
+    gradient_accumulation_steps: Option<u32>,
+    /// Gradient clipping norm.
+    #[arg(long, value_name = "NORM", value_parser = above_zero, allow_negative_numbers = true)]
+    max_grad_norm: Option<f64>,
+}
+
+impl Overrides {
+    /// `preset` with the given values replaced.
+    fn apply(&self, preset: HyperparameterConfig) -> HyperparameterConfig {
+        let mut hp = preset;
+        if let Some(v) = &self.base_model {
+            hp.base_model.clone_from(v);
+        }
+        if let Some(v) = self.learning_rate {
+            hp.learning_rate = v;
+        }
+        if let Some(v) = self.batch_size {
+            hp.batch_size = v;
+        }
+        if let Some(v) = self.epochs {
+            hp.num_epochs = v;
+        }
+        if let Some(v) = self.lora_rank {
+            hp.lora_rank = v;
+        }
+        if let Some(v) = self.lora_alpha {
+            hp.lora_alpha = v;
+        }
+        if let Some(v) = self.lora_dropout {
+            hp.lora_dropout = v;
+        }
+        hp.warmup_steps = self.warmup_steps.or(hp.warmup_steps);
+        hp.weight_decay = self.weight_decay.or(hp.weight_decay);
+        hp.gradient_accumulation_steps = self
+            .gradient_accumulation_steps
+            .or(hp.gradient_accumulation_steps);
+        hp.max_grad_norm = self.max_grad_norm.or(hp.max_grad_norm);
+        hp
+    }
+}
+
+fn number(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(n) if n.is_finite() => Ok(n),
+        _ => Err("not a number".to_owned()),
+    }
+}
+
+fn above_zero(text: &str) -> Result<f64, String> {
+    let n = number(text)?;
+    if n > 0.0 {
+        Ok(n)
+    } else {
+        Err("must be greater than 0".to_owned())
+    }
+}
+
+fn zero_or_more(text: &str) -> Result<f64, String> {
+    let n = number(text)?;
+    if n >= 0.0 {
+        Ok(n)
+    } else {
+        Err("must not be negative".to_owned())
+    }
+}
+
+/// A dropout rate: 1 would drop every activation.
+fn probability(text: &str) -> Result<f64, String> {
+    let n = number(text)?;
+    if (0.0..1.0).contains(&n) {
+        Ok(n)
+    } else {
+        Err("must be at least 0 and below 1".to_owned())
+    }
+}
+
+fn whole(text: &str, min: u32) -> Result<u32, String> {
+    let n: i64 = text.parse().map_err(|_| "not a whole number".to_owned())?;
+    if n < i64::from(min) {
+        return Err(format!("must be at least {min}"));
+    }
+    u32::try_from(n).map_err(|_| "too large".to_owned())
+}
+
+fn at_least_one(text: &str) -> Result<u32, String> {
+    whole(text, 1)
+}
+
+fn zero_or_more_whole(text: &str) -> Result<u32, String> {
+    whole(text, 0)
+}
+
+fn model_id(text: &str) -> Result<String, String> {
+    let id = text.trim();
+    if id.is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(id.to_owned())
+    }
 }
 
 #[derive(Subcommand)]
@@ -333,15 +474,23 @@ async fn datasets(ctx: &Context, out: &Output, cmd: DatasetsCommand) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// Of the hyperparameters only the epochs change the price; the server takes the preset's when
+/// none are given.
 fn estimate_request(spec: &JobSpec) -> EstimateRequest {
     EstimateRequest {
         dataset_id: spec.dataset,
         gpu_type: spec.gpu.clone(),
         gpu_count: spec.gpus,
-        epochs: spec.epochs,
+        epochs: spec.overrides.epochs,
         preset_id: Some(spec.preset.id()),
     }
 }
+
+/// What `jobs watch` prints a line for: a change of status, stage or step. The stage counts
+/// because a job ends with its last step logged while still `running` (validating, saving): the
+/// line for that and the `completed` line that follows show the same numbers, and without the
+/// stage the first one reads as the job's final state.
+type WatchKey = (JobStatus, JobStage, i64);
 
 async fn jobs(ctx: &Context, out: &Output, cmd: JobsCommand) -> Result<()> {
     let api = ctx.api().await?;
@@ -351,15 +500,15 @@ async fn jobs(ctx: &Context, out: &Output, cmd: JobsCommand) -> Result<()> {
             out.value(&estimate, || output::estimate(&estimate));
         }
         JobsCommand::Create(spec) => {
-            let presets = api.presets().await?;
-            let preset = presets
+            // The server's preset is the starting point (its table is the source of truth).
+            let preset_id = spec.preset.id();
+            let preset = api
+                .presets()
+                .await?
                 .into_iter()
-                .find(|p| p.id == spec.preset.id())
-                .context("the server has no such preset")?;
-            let mut hyperparameters = preset.hyperparameters;
-            if let Some(epochs) = spec.epochs {
-                hyperparameters.num_epochs = epochs;
-            }
+                .find(|p| p.id == preset_id)
+                .with_context(|| format!("the server offers no preset {preset_id}"))?;
+            let hyperparameters = spec.overrides.apply(preset.hyperparameters);
             let gpu = api
                 .gpu_types()
                 .await?
@@ -377,7 +526,10 @@ async fn jobs(ctx: &Context, out: &Output, cmd: JobsCommand) -> Result<()> {
                     cost_per_gpu_hour: gpu.price_per_gpu_hour,
                 },
             };
-            let job = api.create_training_job(&input).await?;
+            let job = api
+                .create_training_job(&input)
+                .await
+                .context("creating the training job")?;
             out.value(&job, || output::job(&job));
         }
         JobsCommand::List => {
@@ -389,10 +541,14 @@ async fn jobs(ctx: &Context, out: &Output, cmd: JobsCommand) -> Result<()> {
             out.value(&job, || output::job(&job));
         }
         JobsCommand::Watch { id, interval } => {
-            let mut last: Option<(JobStatus, i64)> = None;
+            let mut last: Option<WatchKey> = None;
             loop {
                 let job = api.job(id).await?;
-                let now = (job.status.clone(), job.current_step);
+                let now = (
+                    job.status.clone(),
+                    job.current_stage.clone(),
+                    job.current_step,
+                );
                 if last.as_ref() != Some(&now) {
                     out.line(&job, || output::job_line(&job));
                     last = Some(now);

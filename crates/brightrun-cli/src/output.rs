@@ -8,8 +8,8 @@ use std::sync::Arc;
 use brightrun_client::api::TrainingCostEstimate;
 use brightrun_client::transfer::{Downloaded, Phase, Progress, ProgressFn, UploadOutcome};
 use brightrun_core::{
-    Dataset, ModelArtifact, Notification, Severity, TrainingJob, ValidationReport,
-    dataset::SplitSource,
+    Dataset, HyperparameterConfig, ModelArtifact, Notification, Severity, TrainingJob,
+    ValidationReport, dataset::SplitSource,
 };
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -59,17 +59,27 @@ impl Output {
     }
 
     pub fn error(&self, error: &anyhow::Error) {
-        let kind = error
+        let client = error
             .chain()
-            .find_map(|e| e.downcast_ref::<brightrun_client::Error>())
-            .map(|e| e.kind().code());
+            .find_map(|e| e.downcast_ref::<brightrun_client::Error>());
+        let kind = client.map(|e| e.kind().code());
+        let hint = client
+            .and_then(brightrun_client::Error::api)
+            .and_then(|api| api.hint.as_deref());
+        let message = error_message(error);
         if self.json {
-            let json = serde_json::json!({
-                "error": {"code": kind.unwrap_or("other"), "message": format!("{error:#}")}
+            let mut json = serde_json::json!({
+                "error": {"code": kind.unwrap_or("other"), "message": message}
             });
+            if let Some(hint) = hint {
+                json["error"]["hint"] = hint.into();
+            }
             println!("{json}");
         } else {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {message}");
+            if let Some(hint) = hint {
+                eprintln!("  hint: {hint}");
+            }
         }
     }
 
@@ -98,6 +108,21 @@ impl Output {
             _ => Progressor::None,
         }
     }
+}
+
+/// The error's chain as `{:#}` prints it, except that a server's answer is its own sentence
+/// (`hyperparameters.learning_rate must be a number in (0, 0.01], got 0.05`): the client's
+/// `Rest error 400 22023:` prefix says nothing a person can act on, and the code is in `--json`.
+fn error_message(error: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in error.chain() {
+        if let Some(brightrun_client::Error::Api(api)) = cause.downcast_ref() {
+            parts.push(api.message.clone());
+            break;
+        }
+        parts.push(cause.to_string());
+    }
+    parts.join(": ")
 }
 
 pub enum Progressor {
@@ -320,30 +345,63 @@ pub fn job_line(j: &TrainingJob) -> String {
         .current_metrics
         .as_ref()
         .map_or_else(String::new, |m| format!("  loss {:.4}", m.training_loss));
+    // A running job goes through training, validating and saving; the stage is what changes
+    // between its last step and its end.
+    let state = if !j.status.is_terminal() && j.current_stage.as_str() != j.status.as_str() {
+        format!("{} ({})", j.status, j.current_stage)
+    } else {
+        j.status.to_string()
+    };
     format!(
-        "{}  {:<10} {:>5.1}%  step {}{}  ${:.2}",
+        "{}  {:<20} {:>5.1}%  step {}{}  ${:.2}",
         j.id,
-        j.status.as_str(),
+        state,
         j.progress,
         j.current_step,
         loss,
-        j.current_cost
+        j.final_cost.unwrap_or(j.current_cost)
     )
 }
 
 pub fn job(j: &TrainingJob) -> String {
     format!(
-        "{}\n  dataset: {}\n  preset: {}\n  GPUs: {} x {}\n  estimated: ${:.2}{}",
+        "{}\n  dataset: {}\n  preset: {}\n  GPUs: {} x {}\n  estimated: ${:.2}\n  hyperparameters:\n{}{}",
         job_line(j),
         j.dataset_id,
         j.preset_id.as_str(),
         j.gpu_config.num_gpus,
         j.gpu_config.gpu_type,
         j.estimated_total_cost,
+        hyperparameters(&j.hyperparameters),
         j.error_message
             .as_deref()
             .map_or_else(String::new, |e| format!("\n  error: {e}"))
     )
+}
+
+/// One line per value, named as in the job's JSON and the server's messages (the options of
+/// `jobs create` are these names with dashes).
+fn hyperparameters(hp: &HyperparameterConfig) -> String {
+    let rows = [
+        ("base_model", Some(hp.base_model.clone())),
+        ("learning_rate", Some(hp.learning_rate.to_string())),
+        ("batch_size", Some(hp.batch_size.to_string())),
+        ("num_epochs", Some(hp.num_epochs.to_string())),
+        ("lora_rank", Some(hp.lora_rank.to_string())),
+        ("lora_alpha", Some(hp.lora_alpha.to_string())),
+        ("lora_dropout", Some(hp.lora_dropout.to_string())),
+        ("warmup_steps", hp.warmup_steps.map(|v| v.to_string())),
+        ("weight_decay", hp.weight_decay.map(|v| v.to_string())),
+        (
+            "gradient_accumulation_steps",
+            hp.gradient_accumulation_steps.map(|v| v.to_string()),
+        ),
+        ("max_grad_norm", hp.max_grad_norm.map(|v| v.to_string())),
+    ];
+    rows.iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| format!("    {name:<28} {v}")))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn jobs(list: &[TrainingJob]) -> String {

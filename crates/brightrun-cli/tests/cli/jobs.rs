@@ -1,0 +1,368 @@
+//! `brightrun jobs`: hyperparameter overrides reach the server's row, out-of-range values are
+//! refused with the reason and create nothing, and `jobs watch` prints every state once.
+
+use std::path::Path;
+use std::time::Duration;
+
+use brightrun_stack::testing::{TestUser, mint_user};
+use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
+use tokio::process::ChildStdout;
+use uuid::Uuid;
+
+use crate::support::{brightrun, finish, stack};
+
+/// A dataset of `user` as the worker leaves it after validation: ready for training.
+async fn ready_dataset(user: &TestUser) -> String {
+    let db = stack().db().await;
+    let id: Uuid = sqlx::query_scalar(
+        "insert into public.datasets (user_id, name, status, training_ready, validated_at,
+            storage_path, file_name, file_size, total_tokens, training_tokens,
+            total_training_pairs, total_validation_pairs)
+         values ($1, 'for jobs', 'ready', true, now(),
+            $1::text || '/' || gen_random_uuid() || '/train.jsonl', 'train.jsonl', 4096,
+            200000, 180000, 90, 10)
+         returning id",
+    )
+    .bind(user.id)
+    .fetch_one(&db)
+    .await
+    .expect("insert a ready dataset");
+    db.close().await;
+    id.to_string()
+}
+
+async fn run(
+    user: &TestUser,
+    dir: &Path,
+    args: &[&str],
+) -> (std::process::ExitStatus, serde_json::Value, String) {
+    let child = brightrun(&stack().url, user, dir, args)
+        .spawn()
+        .expect("start brightrun");
+    finish(child).await
+}
+
+async fn job_count(user: &TestUser) -> i64 {
+    let db = stack().db().await;
+    let n = sqlx::query_scalar("select count(*) from public.training_jobs where user_id = $1")
+        .bind(user.id)
+        .fetch_one(&db)
+        .await
+        .expect("count jobs");
+    db.close().await;
+    n
+}
+
+/// The job's `hyperparameters` column, and whether it equals the server's `preset` with
+/// `overrides` laid over it key by key.
+async fn stored_hyperparameters(
+    job_id: &str,
+    preset: &str,
+    overrides: &serde_json::Value,
+) -> (serde_json::Value, bool) {
+    let db = stack().db().await;
+    let row: (serde_json::Value, bool) = sqlx::query_as(
+        "select j.hyperparameters, j.hyperparameters = p.hyperparameters || $3::jsonb
+           from public.training_jobs j, public.training_presets p
+          where j.id = $1::uuid and p.id = $2",
+    )
+    .bind(job_id)
+    .bind(preset)
+    .bind(overrides)
+    .fetch_one(&db)
+    .await
+    .expect("read the job's hyperparameters");
+    db.close().await;
+    row
+}
+
+#[tokio::test]
+async fn overrides_change_only_the_given_values_of_the_servers_preset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = mint_user(stack(), "cli-overrides").await;
+    let dataset = ready_dataset(&user).await;
+    let spec = [
+        "--dataset",
+        &dataset,
+        "--gpu",
+        "A100-80GB",
+        "--preset",
+        "conservative",
+    ];
+
+    // Some values: the rest stay the preset's.
+    let some = [
+        "--learning-rate",
+        "0.0005",
+        "--lora-rank",
+        "32",
+        "--gradient-accumulation-steps",
+        "4",
+        "--epochs",
+        "2",
+    ];
+    let (status, job, output) = run(
+        &user,
+        dir.path(),
+        &[&["jobs", "create", "--json"][..], &spec, &some].concat(),
+    )
+    .await;
+    assert!(status.success(), "create works: {output}");
+    let job_id = job["id"].as_str().expect("job id").to_owned();
+    let (stored, as_expected) = stored_hyperparameters(
+        &job_id,
+        "conservative",
+        &serde_json::json!({
+            "learning_rate": 0.0005, "lora_rank": 32, "gradient_accumulation_steps": 4,
+            "num_epochs": 2
+        }),
+    )
+    .await;
+    assert!(
+        as_expected,
+        "the row is the server's conservative preset with exactly these four values changed: \
+         {stored}"
+    );
+
+    // Every option.
+    let all = [
+        "--base-model",
+        "Qwen/Qwen2.5-0.5B-Instruct",
+        "--learning-rate",
+        "0.00015",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "7",
+        "--lora-rank",
+        "64",
+        "--lora-alpha",
+        "128",
+        "--lora-dropout",
+        "0.2",
+        "--warmup-steps",
+        "50",
+        "--weight-decay",
+        "0.05",
+        "--gradient-accumulation-steps",
+        "8",
+        "--max-grad-norm",
+        "0.7",
+    ];
+    let (status, job, output) = run(
+        &user,
+        dir.path(),
+        &[&["jobs", "create", "--json"][..], &spec, &all].concat(),
+    )
+    .await;
+    assert!(status.success(), "create with every option works: {output}");
+    let job_id = job["id"].as_str().expect("job id").to_owned();
+    let expected = serde_json::json!({
+        "base_model": "Qwen/Qwen2.5-0.5B-Instruct", "learning_rate": 0.00015, "batch_size": 16,
+        "num_epochs": 7, "lora_rank": 64, "lora_alpha": 128, "lora_dropout": 0.2,
+        "warmup_steps": 50, "weight_decay": 0.05, "gradient_accumulation_steps": 8,
+        "max_grad_norm": 0.7
+    });
+    let (stored, as_expected) = stored_hyperparameters(&job_id, "conservative", &expected).await;
+    assert!(as_expected, "every option reached the row: {stored}");
+    assert_eq!(
+        job["total_epochs"], 7,
+        "the server planned the job with the overridden epochs: {output}"
+    );
+
+    // `jobs show` prints them.
+    let (status, _, output) = run(&user, dir.path(), &["jobs", "show", &job_id]).await;
+    assert!(status.success(), "show works: {output}");
+    for (name, value) in [
+        ("base_model", "Qwen/Qwen2.5-0.5B-Instruct"),
+        ("learning_rate", "0.00015"),
+        ("lora_alpha", "128"),
+        ("gradient_accumulation_steps", "8"),
+        ("max_grad_norm", "0.7"),
+    ] {
+        assert!(
+            output
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [name, value]),
+            "`jobs show` lists {name} {value}: {output}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn out_of_range_hyperparameters_are_refused_with_the_reason_and_create_no_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = mint_user(stack(), "cli-bounds").await;
+    let dataset = ready_dataset(&user).await;
+    let spec = ["--dataset", &dataset, "--gpu", "A100-80GB"];
+
+    // Plausible to type, refused by the server's bounds: its sentence, not the client's codes.
+    let (status, _, output) = run(
+        &user,
+        dir.path(),
+        &[&["jobs", "create"][..], &spec, &["--learning-rate", "0.05"]].concat(),
+    )
+    .await;
+    assert!(
+        !status.success(),
+        "an out-of-range learning rate fails: {output}"
+    );
+    assert!(
+        output.contains("error: creating the training job: hyperparameters.learning_rate")
+            && output.contains("(0, 0.01]")
+            && output.contains("got 0.05"),
+        "names the value, the allowed range and what was given: {output}"
+    );
+    assert!(
+        !output.contains("Rest error"),
+        "without the client's status and SQLSTATE prefix: {output}"
+    );
+
+    let (status, json, output) = run(
+        &user,
+        dir.path(),
+        &[
+            &["jobs", "create", "--json"][..],
+            &spec,
+            &["--lora-alpha", "2048"],
+        ]
+        .concat(),
+    )
+    .await;
+    assert!(!status.success(), "an out-of-range alpha fails: {output}");
+    assert_eq!(
+        json["error"]["code"], "validation_failed",
+        "scripts get the kind: {output}"
+    );
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("hyperparameters.lora_alpha") && m.contains("2048")),
+        "and the server's reason: {output}"
+    );
+
+    // Values that cannot be right never reach the server.
+    for (option, value, reason) in [
+        ("--lora-dropout", "1.5", "below 1"),
+        ("--batch-size", "0", "at least 1"),
+        ("--warmup-steps", "-5", "at least 0"),
+        ("--learning-rate", "-0.001", "greater than 0"),
+        ("--max-grad-norm", "inf", "not a number"),
+    ] {
+        let (status, _, output) = run(
+            &user,
+            dir.path(),
+            &[&["jobs", "create"][..], &spec, &[option, value]].concat(),
+        )
+        .await;
+        assert_eq!(
+            status.code(),
+            Some(2),
+            "{option} {value} is a usage error: {output}"
+        );
+        assert!(
+            output.contains(&format!("invalid value '{value}' for '{option}"))
+                && output.contains(reason),
+            "{option} {value}: names the option and why: {output}"
+        );
+    }
+
+    assert_eq!(
+        job_count(&user).await,
+        0,
+        "no refused command created a job"
+    );
+}
+
+/// Sets the job's row as the worker would (superuser, bypassing RLS).
+async fn set_job(job_id: &str, status: &str, stage: &str, step: i32) {
+    let db = stack().db().await;
+    sqlx::query(
+        "update public.training_jobs
+            set status = $2, current_stage = $3, current_step = $4, attempt = 1,
+                progress = case when $4 >= 10 then 100 else $4 * 10 end,
+                started_at = coalesce(started_at, now()),
+                completed_at = case when $2 in ('completed', 'failed', 'cancelled') then now() end,
+                final_cost = case when $2 = 'completed' then 0.42 end
+          where id = $1::uuid",
+    )
+    .bind(job_id)
+    .bind(status)
+    .bind(stage)
+    .bind(step)
+    .execute(&db)
+    .await
+    .expect("update the job");
+    db.close().await;
+}
+
+/// The next line of `jobs watch --json` as `(status, stage, step)`; `None` when it has ended.
+async fn next_state(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<(String, String, i64)> {
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("watch prints the next state within 30 s")
+        .expect("read stdout")?;
+    let row: serde_json::Value = serde_json::from_str(&line).expect("one JSON row per line");
+    Some((
+        row["status"].as_str().unwrap_or_default().to_owned(),
+        row["current_stage"].as_str().unwrap_or_default().to_owned(),
+        row["current_step"].as_i64().unwrap_or(-1),
+    ))
+}
+
+#[tokio::test]
+async fn watch_prints_each_state_once_and_ends_with_the_final_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = mint_user(stack(), "cli-watch").await;
+    let dataset = ready_dataset(&user).await;
+    let (status, job, output) = run(
+        &user,
+        dir.path(),
+        &[
+            "jobs",
+            "create",
+            "--json",
+            "--dataset",
+            &dataset,
+            "--gpu",
+            "A100-80GB",
+        ],
+    )
+    .await;
+    assert!(status.success(), "create works: {output}");
+    let job_id = job["id"].as_str().expect("job id").to_owned();
+    set_job(&job_id, "running", "training", 10).await;
+
+    let mut child = brightrun(
+        &stack().url,
+        &user,
+        dir.path(),
+        &["jobs", "watch", &job_id, "--json", "--interval", "1"],
+    )
+    .spawn()
+    .expect("start watch");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    seen.push(next_state(&mut lines).await.expect("the running state"));
+    // The last step is logged; the job still runs while it saves the adapter, then completes
+    // with the same step. Each line waits for the one before, so no state is missed.
+    set_job(&job_id, "running", "saving", 10).await;
+    seen.push(next_state(&mut lines).await.expect("the saving stage"));
+    set_job(&job_id, "completed", "completed", 10).await;
+    while let Some(state) = next_state(&mut lines).await {
+        seen.push(state);
+    }
+    let exit = child.wait().await.expect("watch ends");
+    assert!(exit.success(), "watch ends by itself when the job does");
+
+    let state = |status: &str, stage: &str| (status.to_owned(), stage.to_owned(), 10);
+    assert_eq!(
+        seen,
+        vec![
+            state("running", "training"),
+            state("running", "saving"),
+            state("completed", "completed"),
+        ],
+        "one line per state, the final one once and last"
+    );
+}
