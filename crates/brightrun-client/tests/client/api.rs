@@ -567,12 +567,12 @@ async fn metrics_models_costs_notifications_and_catalogue() {
         (newer[1].training_loss - 1.5).abs() < 1e-9,
         "values arrive as numbers"
     );
-    let second = api
-        .metrics_since(job.id, 2, None)
-        .await
-        .expect("attempt 2");
+    let second = api.metrics_since(job.id, 2, None).await.expect("attempt 2");
     assert_eq!(
-        second.iter().map(|p| (p.attempt, p.step)).collect::<Vec<_>>(),
+        second
+            .iter()
+            .map(|p| (p.attempt, p.step))
+            .collect::<Vec<_>>(),
         vec![(2, 4)],
         "one attempt at a time"
     );
