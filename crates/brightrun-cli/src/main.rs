@@ -7,7 +7,7 @@
 mod context;
 mod output;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -185,12 +185,68 @@ struct Overrides {
     /// Gradient clipping norm.
     #[arg(long, value_name = "NORM", value_parser = above_zero, allow_negative_numbers = true)]
     max_grad_norm: Option<f64>,
+    /// A JSON object of hyperparameters (the names `jobs show` prints) that replace the
+    /// preset's, e.g. crates/brightrun-worker/demo/support-bot.hyperparameters.json; the
+    /// options above still win over it.
+    #[arg(long, value_name = "FILE")]
+    hyperparameters: Option<PathBuf>,
+}
+
+/// The keys of a hyperparameters file (HyperparameterConfig's fields).
+const HYPERPARAMETER_KEYS: [&str; 11] = [
+    "base_model",
+    "learning_rate",
+    "batch_size",
+    "num_epochs",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "warmup_steps",
+    "weight_decay",
+    "gradient_accumulation_steps",
+    "max_grad_norm",
+];
+
+fn read_hyperparameters(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let serde_json::Value::Object(map) = value else {
+        anyhow::bail!(
+            "{} must hold a JSON object of hyperparameters",
+            path.display()
+        );
+    };
+    if let Some(key) = map
+        .keys()
+        .find(|k| !HYPERPARAMETER_KEYS.contains(&k.as_str()))
+    {
+        anyhow::bail!(
+            "unknown hyperparameter {key:?} in {} (known: {})",
+            path.display(),
+            HYPERPARAMETER_KEYS.join(", ")
+        );
+    }
+    Ok(map)
 }
 
 impl Overrides {
-    /// `preset` with the given values replaced.
-    fn apply(&self, preset: HyperparameterConfig) -> HyperparameterConfig {
+    /// `preset` with the file's values, then the options', replaced.
+    fn apply(&self, preset: HyperparameterConfig) -> Result<HyperparameterConfig> {
         let mut hp = preset;
+        if let Some(path) = &self.hyperparameters {
+            let mut merged = serde_json::to_value(&hp)?;
+            for (key, value) in read_hyperparameters(path)? {
+                merged[key] = value;
+            }
+            hp = serde_json::from_value(merged).with_context(|| {
+                format!(
+                    "the hyperparameters in {} have the wrong types",
+                    path.display()
+                )
+            })?;
+        }
         if let Some(v) = &self.base_model {
             hp.base_model.clone_from(v);
         }
@@ -218,7 +274,28 @@ impl Overrides {
             .gradient_accumulation_steps
             .or(hp.gradient_accumulation_steps);
         hp.max_grad_norm = self.max_grad_norm.or(hp.max_grad_norm);
-        hp
+        Ok(hp)
+    }
+
+    /// The epochs an estimate should use: the option's, else the file's, else the preset's
+    /// (`None`: the server takes the preset's).
+    fn epochs(&self) -> Result<Option<u32>> {
+        if self.epochs.is_some() {
+            return Ok(self.epochs);
+        }
+        let Some(path) = &self.hyperparameters else {
+            return Ok(None);
+        };
+        match read_hyperparameters(path)?.get("num_epochs") {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .with_context(|| {
+                    format!("num_epochs in {} must be a whole number", path.display())
+                }),
+        }
     }
 }
 
@@ -476,14 +553,14 @@ async fn datasets(ctx: &Context, out: &Output, cmd: DatasetsCommand) -> Result<E
 
 /// Of the hyperparameters only the epochs change the price; the server takes the preset's when
 /// none are given.
-fn estimate_request(spec: &JobSpec) -> EstimateRequest {
-    EstimateRequest {
+fn estimate_request(spec: &JobSpec) -> Result<EstimateRequest> {
+    Ok(EstimateRequest {
         dataset_id: spec.dataset,
         gpu_type: spec.gpu.clone(),
         gpu_count: spec.gpus,
-        epochs: spec.overrides.epochs,
+        epochs: spec.overrides.epochs()?,
         preset_id: Some(spec.preset.id()),
-    }
+    })
 }
 
 /// What `jobs watch` prints a line for: a change of status, stage or step. The stage counts
@@ -496,7 +573,9 @@ async fn jobs(ctx: &Context, out: &Output, cmd: JobsCommand) -> Result<()> {
     let api = ctx.api().await?;
     match cmd {
         JobsCommand::Estimate(spec) => {
-            let estimate = api.estimate_training_cost(&estimate_request(&spec)).await?;
+            let estimate = api
+                .estimate_training_cost(&estimate_request(&spec)?)
+                .await?;
             out.value(&estimate, || output::estimate(&estimate));
         }
         JobsCommand::Create(spec) => {
@@ -508,7 +587,7 @@ async fn jobs(ctx: &Context, out: &Output, cmd: JobsCommand) -> Result<()> {
                 .into_iter()
                 .find(|p| p.id == preset_id)
                 .with_context(|| format!("the server offers no preset {preset_id}"))?;
-            let hyperparameters = spec.overrides.apply(preset.hyperparameters);
+            let hyperparameters = spec.overrides.apply(preset.hyperparameters)?;
             let gpu = api
                 .gpu_types()
                 .await?

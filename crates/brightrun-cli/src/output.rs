@@ -29,6 +29,19 @@ pub struct Output {
     json: bool,
 }
 
+/// Prints a line on stdout. When the reader has gone (`brightrun jobs list | head -1`), exits
+/// quietly with 141, the status of a process stopped by SIGPIPE, instead of panicking as
+/// `println!` does; every transfer this could interrupt resumes on the next run.
+fn print_line(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+    }
+}
+
 impl Output {
     pub fn new(json: bool) -> Self {
         Self { json }
@@ -38,11 +51,11 @@ impl Output {
     pub fn value<T: Serialize + ?Sized>(&self, value: &T, human: impl FnOnce() -> String) {
         if self.json {
             match serde_json::to_string_pretty(value) {
-                Ok(text) => println!("{text}"),
+                Ok(text) => print_line(&text),
                 Err(e) => eprintln!("error: cannot print JSON: {e}"),
             }
         } else {
-            println!("{}", human());
+            print_line(&human());
         }
     }
 
@@ -50,12 +63,11 @@ impl Output {
     pub fn line<T: Serialize + ?Sized>(&self, value: &T, human: impl FnOnce() -> String) {
         if self.json {
             if let Ok(text) = serde_json::to_string(value) {
-                println!("{text}");
+                print_line(&text);
             }
         } else {
-            println!("{}", human());
+            print_line(&human());
         }
-        let _ = std::io::stdout().flush();
     }
 
     pub fn error(&self, error: &anyhow::Error) {
@@ -74,7 +86,7 @@ impl Output {
             if let Some(hint) = hint {
                 json["error"]["hint"] = hint.into();
             }
-            println!("{json}");
+            print_line(&json.to_string());
         } else {
             eprintln!("error: {message}");
             if let Some(hint) = hint {

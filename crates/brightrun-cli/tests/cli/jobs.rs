@@ -366,3 +366,103 @@ async fn watch_prints_each_state_once_and_ends_with_the_final_one() {
         "one line per state, the final one once and last"
     );
 }
+
+#[tokio::test]
+async fn a_hyperparameters_file_replaces_the_presets_values_and_options_still_win() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = mint_user(stack(), "cli-hp-file").await;
+    let dataset = ready_dataset(&user).await;
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../brightrun-worker/demo/support-bot.hyperparameters.json");
+    let demo = demo.to_str().expect("utf-8 path");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(demo).expect("demo file")).expect("JSON");
+    let spec = [
+        "--dataset",
+        &dataset,
+        "--gpu",
+        "A100-80GB",
+        "--preset",
+        "custom",
+    ];
+
+    let (status, job, output) = run(
+        &user,
+        dir.path(),
+        &[
+            &["jobs", "create", "--json"][..],
+            &spec,
+            &["--hyperparameters", demo, "--epochs", "3"],
+        ]
+        .concat(),
+    )
+    .await;
+    assert!(status.success(), "create with a file works: {output}");
+    let mut expected = file.clone();
+    expected["num_epochs"] = 3.into();
+    let (stored, as_expected) =
+        stored_hyperparameters(job["id"].as_str().expect("job id"), "custom", &expected).await;
+    assert!(
+        as_expected,
+        "the row is the preset with the file's values and --epochs over them: {stored}"
+    );
+
+    // The estimate takes the file's epochs when no option gives them.
+    let (status, estimate, output) = run(
+        &user,
+        dir.path(),
+        &[
+            &["jobs", "estimate", "--json"][..],
+            &spec,
+            &["--hyperparameters", demo],
+        ]
+        .concat(),
+    )
+    .await;
+    assert!(status.success(), "estimate with a file works: {output}");
+    assert_eq!(
+        estimate["epochs"], file["num_epochs"],
+        "estimated for the file's epochs: {output}"
+    );
+
+    // A misspelt key is named, and nothing is created.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"learning_rte": 0.001}"#).expect("write");
+    let before = job_count(&user).await;
+    let (status, _, output) = run(
+        &user,
+        dir.path(),
+        &[
+            &["jobs", "create"][..],
+            &spec,
+            &["--hyperparameters", bad.to_str().expect("utf-8")],
+        ]
+        .concat(),
+    )
+    .await;
+    assert!(!status.success(), "an unknown key fails: {output}");
+    assert!(
+        output.contains("unknown hyperparameter \"learning_rte\"")
+            && output.contains("learning_rate"),
+        "names the key and lists the known ones: {output}"
+    );
+    assert_eq!(job_count(&user).await, before, "no job was created");
+}
+
+#[tokio::test]
+async fn a_closed_pipe_ends_the_cli_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = mint_user(stack(), "cli-pipe").await;
+    let mut child = brightrun(&stack().url, &user, dir.path(), &["whoami", "--json"])
+        .spawn()
+        .expect("start brightrun");
+    // The reader goes away before the CLI writes: `brightrun … | head -0`.
+    drop(child.stdout.take());
+    let (status, _, output) = finish(child).await;
+    assert_eq!(
+        status.code(),
+        Some(141),
+        "exits as a SIGPIPE'd program does: {output}"
+    );
+    assert!(!output.contains("panicked"), "no panic message: {output}");
+}
