@@ -16,8 +16,7 @@ use brightrun_client::transfer::{
     DownloadOptions, Downloader, TransferError, UploadOptions, UploadRequest, Uploader,
 };
 use brightrun_core::{
-    CreateTrainingJobInput, GpuConfig, HyperparameterConfig, JobStage, JobStatus, PresetId,
-    ValidationOptions,
+    CreateTrainingJobInput, HyperparameterConfig, JobStage, JobStatus, PresetId, ValidationOptions,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
@@ -598,12 +597,7 @@ async fn jobs(ctx: &Context, out: &Output, cmd: JobsCommand) -> Result<()> {
                 dataset_id: spec.dataset,
                 preset_id: spec.preset.id(),
                 hyperparameters,
-                gpu_config: GpuConfig {
-                    gpu_type: gpu.id.clone(),
-                    num_gpus: spec.gpus,
-                    gpu_memory_gb: gpu.memory_gb,
-                    cost_per_gpu_hour: gpu.price_per_gpu_hour,
-                },
+                gpu_config: gpu.config(spec.gpus),
             };
             let job = api
                 .create_training_job(&input)

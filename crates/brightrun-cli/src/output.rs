@@ -5,11 +5,10 @@ use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::sync::Arc;
 
-use brightrun_client::api::TrainingCostEstimate;
 use brightrun_client::transfer::{Downloaded, Phase, Progress, ProgressFn, UploadOutcome};
 use brightrun_core::{
-    Dataset, HyperparameterConfig, ModelArtifact, Notification, Severity, TrainingJob,
-    ValidationReport, dataset::SplitSource,
+    CostEstimate, Dataset, HyperparameterConfig, ModelArtifact, Notification, Severity,
+    TrainingJob, ValidationReport, dataset::SplitSource,
 };
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -335,21 +334,34 @@ pub fn dataset(d: &Dataset) -> String {
     out
 }
 
-pub fn estimate(e: &TrainingCostEstimate) -> String {
+/// The estimate with the inputs that explain it, in the server's rounding.
+pub fn estimate(e: &CostEstimate) -> String {
     format!(
-        "${:.2} {} for about {:.2} h on {} x {}\n  {} tokens/epoch x {} epochs at {:.0} tokens/s/GPU (efficiency {:.2}) + {:.2} h overhead, ${:.2}/GPU-hour",
+        "${:.2} {} for about {} h on {} x {} ({} GPU-hours)\n  {} tokens/epoch x {} epochs at {} tokens/s/GPU (scaling efficiency {}): {} h training + {} h overhead, ${}/GPU-hour",
         e.estimated_cost,
         e.currency,
         e.estimated_hours,
         e.gpu_count,
         e.gpu_type,
+        e.gpu_hours,
         e.tokens_per_epoch,
         e.epochs,
         e.tokens_per_second_per_gpu,
         e.scaling_efficiency,
+        e.training_hours,
         e.overhead_hours,
-        e.price_per_gpu_hour
+        price(e.price_per_gpu_hour)
     )
+}
+
+/// Dollars with cents, and with the sub-cent digits a catalogue price may have (`numeric(10,4)`).
+fn price(dollars: f64) -> String {
+    let cents = dollars * 100.0;
+    if (cents - cents.round()).abs() < 1e-9 {
+        format!("{dollars:.2}")
+    } else {
+        dollars.to_string()
+    }
 }
 
 pub fn job_line(j: &TrainingJob) -> String {
@@ -471,4 +483,31 @@ pub fn notifications(list: &[Notification]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_estimate_prints_its_cost_with_the_inputs_that_explain_it() {
+        let estimate = brightrun_core::CostEstimateInputs {
+            tokens_per_epoch: 36_000_000,
+            epochs: 3,
+            gpu_type: "A100-80GB".into(),
+            price_per_gpu_hour: 3.0,
+            tokens_per_second_per_gpu: 3200.0,
+            gpu_count: 2,
+        }
+        .estimate()
+        .expect("valid inputs");
+        assert_eq!(
+            super::estimate(&estimate),
+            "$32.75 USD for about 5.4583 h on 2 x A100-80GB (10.9167 GPU-hours)\n  36000000 tokens/epoch x 3 epochs at 3200 tokens/s/GPU (scaling efficiency 0.9): 5.2083 h training + 0.25 h overhead, $3.00/GPU-hour",
+            "the server's rounded figures, unpadded"
+        );
+        assert_eq!(
+            super::price(1.2345),
+            "1.2345",
+            "a sub-cent price keeps its digits"
+        );
+    }
 }

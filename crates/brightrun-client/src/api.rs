@@ -5,9 +5,8 @@
 //! [`Retrier`] only when the error says it may (and, for inserts, only when the request certainly
 //! was not applied). A token the server refuses as expired is refreshed and the call sent once more.
 //!
-//! Rows are brightrun-core types. Where the server's JSON differs from a core type (the GPU
-//! catalogue, presets, the estimate RPC, the job-creation RPC) this module has the wire type and a
-//! conversion, so field names always match `migrations/*.sql`.
+//! Rows and RPC answers are brightrun-core types, whose fields are the columns and JSON keys of
+//! `migrations/*.sql`; what is sent is built here (the RPCs' named arguments, PATCH bodies).
 //!
 //! Lists are read in pages of [`PAGE`] rows: PostgREST silently truncates a result at `max_rows`
 //! (1000 on Supabase), so a list is never assumed to fit one answer.
@@ -15,13 +14,13 @@
 use std::sync::Arc;
 
 use brightrun_core::{
-    CostEstimate, CostEstimateInputs, CostRecord, CreateDatasetInput, CreateTrainingJobInput,
-    Dataset, GpuCatalogueEntry, HyperparameterConfig, HyperparameterPreset, MetricsPoint,
-    ModelArtifact, Notification, PresetId, TrainingJob,
+    CostEstimate, CostRecord, CreateDatasetInput, CreateTrainingJobInput, Dataset, GpuType,
+    HyperparameterConfig, MetricsPoint, ModelArtifact, MonthlyCostSummary, Notification, PresetId,
+    TrainingJob, TrainingPreset,
 };
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{ApiError, Error, Result, Service};
@@ -60,131 +59,6 @@ pub struct EstimateRequest {
     pub epochs: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preset_id: Option<PresetId>,
-}
-
-/// The `estimate_training_cost` answer (and `training_jobs.cost_estimate`), field for field as
-/// `lora_private.estimate_cost` builds it. [`TrainingCostEstimate::to_core`] gives the
-/// brightrun-core [`CostEstimate`], whose field names differ.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainingCostEstimate {
-    pub tokens_per_epoch: u64,
-    pub epochs: u32,
-    pub total_tokens: f64,
-    pub gpu_type: String,
-    pub gpu_count: u32,
-    pub tokens_per_second_per_gpu: f64,
-    pub scaling_efficiency: f64,
-    pub effective_tokens_per_second: f64,
-    pub training_hours: f64,
-    pub overhead_hours: f64,
-    pub estimated_hours: f64,
-    pub gpu_hours: f64,
-    pub price_per_gpu_hour: f64,
-    /// US dollars, rounded to cents.
-    pub estimated_cost: f64,
-    pub currency: String,
-    pub dataset_id: Uuid,
-    pub preset_id: Option<PresetId>,
-}
-
-impl TrainingCostEstimate {
-    pub fn to_core(&self) -> CostEstimate {
-        CostEstimate {
-            inputs: CostEstimateInputs {
-                tokens_per_epoch: self.tokens_per_epoch,
-                epochs: self.epochs,
-                gpu_type: self.gpu_type.clone(),
-                gpu_count: self.gpu_count,
-                throughput_tokens_per_sec_per_gpu: self.tokens_per_second_per_gpu,
-                scaling_efficiency: self.scaling_efficiency,
-                overhead_hours: self.overhead_hours,
-                price_per_gpu_hour: self.price_per_gpu_hour,
-            },
-            hours: self.estimated_hours,
-            cost: self.estimated_cost,
-        }
-    }
-}
-
-/// A row of `gpu_types`. [`GpuType::catalogue_entry`] gives the brightrun-core
-/// [`GpuCatalogueEntry`], whose field names differ.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GpuType {
-    /// e.g. `A100-80GB`: what `gpu_config.gpu_type` holds.
-    pub id: String,
-    pub display_name: String,
-    pub memory_gb: f64,
-    /// US dollars for one GPU for one hour.
-    pub price_per_gpu_hour: f64,
-    pub tokens_per_second_per_gpu: f64,
-    pub max_gpus: u32,
-    pub active: bool,
-    pub sort_order: i32,
-}
-
-impl GpuType {
-    pub fn catalogue_entry(&self) -> GpuCatalogueEntry {
-        GpuCatalogueEntry {
-            gpu_type: self.id.clone(),
-            gpu_memory_gb: self.memory_gb,
-            price_per_gpu_hour: self.price_per_gpu_hour,
-            throughput_tokens_per_sec_per_gpu: self.tokens_per_second_per_gpu,
-            max_gpus: self.max_gpus,
-            available: self.active,
-        }
-    }
-}
-
-/// A row of `training_presets`. [`TrainingPreset::preset`] gives the brightrun-core
-/// [`HyperparameterPreset`] (which has no display name or description).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainingPreset {
-    pub id: PresetId,
-    pub display_name: String,
-    pub description: Option<String>,
-    pub hyperparameters: HyperparameterConfig,
-    pub sort_order: i32,
-}
-
-impl TrainingPreset {
-    pub fn preset(&self) -> HyperparameterPreset {
-        HyperparameterPreset {
-            id: self.id.clone(),
-            hyperparameters: self.hyperparameters.clone(),
-        }
-    }
-}
-
-/// `monthly_cost_summary`'s answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MonthlyCostSummary {
-    /// First day of the month.
-    pub month: NaiveDate,
-    pub currency: String,
-    pub total: f64,
-    pub by_type: CostsByType,
-    pub by_job: Vec<JobCost>,
-    pub by_gpu: Vec<GpuCost>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CostsByType {
-    pub compute: f64,
-    pub storage: f64,
-    pub data_transfer: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobCost {
-    pub job_id: Uuid,
-    pub amount: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GpuCost {
-    pub gpu_type: Option<String>,
-    pub amount: f64,
-    pub gpu_hours: f64,
 }
 
 /// Which notifications to list.
@@ -458,10 +332,7 @@ impl Api {
     // ---------------------------------------------------------------------------------------
 
     /// What a job would cost, computed by the server (`estimate_training_cost`).
-    pub async fn estimate_training_cost(
-        &self,
-        request: &EstimateRequest,
-    ) -> Result<TrainingCostEstimate> {
+    pub async fn estimate_training_cost(&self, request: &EstimateRequest) -> Result<CostEstimate> {
         let args = serde_json::to_value(request)
             .map_err(|e| Error::Protocol(format!("estimate arguments: {e}")))?;
         self.rpc("estimate_training_cost", args, Idempotency::Idempotent)

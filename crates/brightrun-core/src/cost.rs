@@ -1,106 +1,209 @@
-//! The cost model (PRODUCT.md "Cost model"), as a client-side preview of the server's estimate RPC:
+//! The cost model (PRODUCT.md "Cost model") exactly as the server runs it in
+//! `lora_private.estimate_cost` (migrations/20261122000005_lora_functions.sql), so a form can show
+//! an estimate without a round trip. The server's answer is the one that counts:
+//! `estimate_training_cost` returns, and `create_training_job` snapshots, the same [`CostEstimate`].
 //!
 //! ```text
-//! hours = tokens_per_epoch × epochs ÷ (throughput_per_gpu × gpus × scaling_efficiency) ÷ 3600
-//!         + overhead_hours
-//! cost  = hours × price_per_gpu_hour × gpus
+//! scaling_efficiency = 0.9 ^ log2(gpus)
+//! training_hours     = tokens_per_epoch × epochs ÷ (tokens_per_second_per_gpu × gpus × scaling_efficiency) ÷ 3600
+//! estimated_hours    = training_hours + 0.25 (overhead, billed for every GPU)
+//! estimated_cost     = estimated_hours × price_per_gpu_hour × gpus
 //! ```
 //!
-//! Throughput, scaling efficiency, overhead and price are catalogue data on the server; the RPC
-//! returns its inputs next to its outputs (one flat jsonb object), which is exactly
-//! [`CostEstimate`], so the UI can show why the number is what it is.
+//! Outputs are rounded as the SQL rounds them (hours to 4 decimals, money to cents, half away from
+//! zero), each from the unrounded values.
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-/// Everything the estimate depends on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+use crate::model::{GpuType, PresetId};
+
+/// Hours billed per job whatever its size: provisioning, base-model download, final evaluation,
+/// adapter upload (`overhead_hours` in the SQL).
+pub const OVERHEAD_HOURS: f64 = 0.25;
+/// Share of per-GPU throughput kept with each doubling of the GPU count (`per_doubling_efficiency`).
+pub const PER_DOUBLING_EFFICIENCY: f64 = 0.9;
+/// Epochs the server accepts in an estimate.
+pub const EPOCHS: std::ops::RangeInclusive<u32> = 1..=100;
+/// The most GPUs any catalogue row may offer (`gpu_types.max_gpus between 1 and 64`).
+pub const MAX_GPUS: u32 = 64;
+/// The currency of every price and estimate.
+pub const CURRENCY: &str = "USD";
+
+/// The arguments of `lora_private.estimate_cost`: what the estimate depends on.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CostEstimateInputs {
-    /// Billable tokens in one pass over the training split.
+    /// Tokens one epoch processes ([`crate::Dataset::tokens_per_epoch`]).
     pub tokens_per_epoch: u64,
     pub epochs: u32,
+    /// `gpu_types.id`.
     pub gpu_type: String,
-    pub gpu_count: u32,
-    pub throughput_tokens_per_sec_per_gpu: f64,
-    /// Fraction (0, 1] of linear speed-up kept when adding GPUs (1.0 for one GPU).
-    pub scaling_efficiency: f64,
-    /// Fixed time per job: provisioning, model download, checkpointing.
-    pub overhead_hours: f64,
+    /// US dollars for one GPU for one hour.
     pub price_per_gpu_hour: f64,
+    pub tokens_per_second_per_gpu: f64,
+    pub gpu_count: u32,
 }
 
-/// The estimate RPC's answer: its inputs and its outputs in one flat object.
+/// What a job costs: the answer of `estimate_training_cost` and `training_jobs.cost_estimate`,
+/// field for field as `lora_private.estimate_cost` builds it, inputs next to outputs so the UI can
+/// show why the number is what it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CostEstimate {
-    #[serde(flatten)]
-    pub inputs: CostEstimateInputs,
-    /// Wall-clock hours, overhead included.
-    pub hours: f64,
-    /// US dollars for all GPUs.
-    pub cost: f64,
+    pub tokens_per_epoch: u64,
+    pub epochs: u32,
+    /// `tokens_per_epoch × epochs`.
+    pub total_tokens: u64,
+    pub gpu_type: String,
+    pub gpu_count: u32,
+    pub tokens_per_second_per_gpu: f64,
+    /// `0.9 ^ log2(gpu_count)`, 4 decimals.
+    pub scaling_efficiency: f64,
+    /// All GPUs together, 2 decimals.
+    pub effective_tokens_per_second: f64,
+    /// 4 decimals.
+    pub training_hours: f64,
+    pub overhead_hours: f64,
+    /// Wall-clock hours, overhead included, 4 decimals.
+    pub estimated_hours: f64,
+    /// `estimated_hours × gpu_count`, 4 decimals.
+    pub gpu_hours: f64,
+    pub price_per_gpu_hour: f64,
+    /// US dollars for all GPUs, in cents.
+    pub estimated_cost: f64,
+    pub currency: String,
+    /// The dataset estimated for; `None` in a preview of a file not uploaded yet.
+    pub dataset_id: Option<Uuid>,
+    /// The preset the epochs came from, when they came from one.
+    pub preset_id: Option<PresetId>,
 }
 
-/// Inputs with which the formula has no meaning.
+/// Inputs the server would refuse, with its wording.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CostModelError {
-    #[error("gpu_count must be at least 1")]
-    NoGpus,
+    #[error("gpu_count must be between 1 and {max_gpus} for {gpu_type}, got {gpu_count}")]
+    GpuCount {
+        gpu_type: String,
+        max_gpus: u32,
+        gpu_count: u32,
+    },
+    #[error("epochs must be between 1 and 100, got {0}")]
+    Epochs(u32),
     #[error("{field} must be a finite number greater than zero, got {value}")]
     NotPositive { field: &'static str, value: f64 },
-    #[error("scaling_efficiency must be in (0, 1], got {0}")]
-    ScalingEfficiency(f64),
-    #[error("{field} must be a finite number of zero or more, got {value}")]
-    Negative { field: &'static str, value: f64 },
 }
 
 impl CostEstimateInputs {
-    /// The same formula the server runs. Costs are not rounded here; see
-    /// [`CostEstimate::cost_cents`].
-    pub fn estimate(&self) -> Result<CostEstimate, CostModelError> {
-        if self.gpu_count == 0 {
-            return Err(CostModelError::NoGpus);
+    /// The inputs the server takes for `gpu_count` GPUs of catalogue row `gpu`, refusing a count
+    /// the row does not offer.
+    pub fn new(
+        tokens_per_epoch: u64,
+        epochs: u32,
+        gpu: &GpuType,
+        gpu_count: u32,
+    ) -> Result<Self, CostModelError> {
+        if !(1..=gpu.max_gpus).contains(&gpu_count) {
+            return Err(CostModelError::GpuCount {
+                gpu_type: gpu.id.clone(),
+                max_gpus: gpu.max_gpus,
+                gpu_count,
+            });
         }
-        let positive = |field, value: f64| {
-            if value.is_finite() && value > 0.0 {
-                Ok(())
-            } else {
-                Err(CostModelError::NotPositive { field, value })
+        Ok(Self {
+            tokens_per_epoch,
+            epochs,
+            gpu_type: gpu.id.clone(),
+            price_per_gpu_hour: gpu.price_per_gpu_hour,
+            tokens_per_second_per_gpu: gpu.tokens_per_second_per_gpu,
+            gpu_count,
+        })
+    }
+
+    /// The estimate `estimate_training_cost` returns for these inputs, `dataset_id` and
+    /// `preset_id` left for the caller to fill in.
+    pub fn estimate(&self) -> Result<CostEstimate, CostModelError> {
+        if !(1..=MAX_GPUS).contains(&self.gpu_count) {
+            return Err(CostModelError::GpuCount {
+                gpu_type: self.gpu_type.clone(),
+                max_gpus: MAX_GPUS,
+                gpu_count: self.gpu_count,
+            });
+        }
+        if !EPOCHS.contains(&self.epochs) {
+            return Err(CostModelError::Epochs(self.epochs));
+        }
+        for (field, value) in [
+            ("tokens_per_second_per_gpu", self.tokens_per_second_per_gpu),
+            ("price_per_gpu_hour", self.price_per_gpu_hour),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(CostModelError::NotPositive { field, value });
             }
-        };
-        positive(
-            "throughput_tokens_per_sec_per_gpu",
-            self.throughput_tokens_per_sec_per_gpu,
-        )?;
-        let non_negative = |field, value: f64| {
-            if value.is_finite() && value >= 0.0 {
-                Ok(())
-            } else {
-                Err(CostModelError::Negative { field, value })
-            }
-        };
-        non_negative("price_per_gpu_hour", self.price_per_gpu_hour)?;
-        non_negative("overhead_hours", self.overhead_hours)?;
-        if !(self.scaling_efficiency > 0.0 && self.scaling_efficiency <= 1.0) {
-            return Err(CostModelError::ScalingEfficiency(self.scaling_efficiency));
         }
         let gpus = f64::from(self.gpu_count);
-        // u64 → f64 loses precision only above 2^53 tokens, far beyond any dataset.
-        let tokens = self.tokens_per_epoch as f64 * f64::from(self.epochs);
-        let tokens_per_hour =
-            self.throughput_tokens_per_sec_per_gpu * gpus * self.scaling_efficiency * 3600.0;
-        let hours = tokens / tokens_per_hour + self.overhead_hours;
-        let cost = hours * self.price_per_gpu_hour * gpus;
+        // The SQL's order of operations, so the unrounded values agree to the last bits.
+        let efficiency = PER_DOUBLING_EFFICIENCY.powf(gpus.log2());
+        let effective_throughput = self.tokens_per_second_per_gpu * gpus * efficiency;
+        // u64 → f64 is exact below 2^53 tokens, far beyond any dataset.
+        let training_hours =
+            self.tokens_per_epoch as f64 * f64::from(self.epochs) / effective_throughput / 3600.0;
+        let total_hours = training_hours + OVERHEAD_HOURS;
         Ok(CostEstimate {
-            inputs: self.clone(),
-            hours,
-            cost,
+            tokens_per_epoch: self.tokens_per_epoch,
+            epochs: self.epochs,
+            // Saturates only beyond 1.8e19 tokens.
+            total_tokens: self.tokens_per_epoch.saturating_mul(u64::from(self.epochs)),
+            gpu_type: self.gpu_type.clone(),
+            gpu_count: self.gpu_count,
+            tokens_per_second_per_gpu: self.tokens_per_second_per_gpu,
+            scaling_efficiency: round_half_away(efficiency, 4),
+            effective_tokens_per_second: round_half_away(effective_throughput, 2),
+            training_hours: round_half_away(training_hours, 4),
+            overhead_hours: OVERHEAD_HOURS,
+            estimated_hours: round_half_away(total_hours, 4),
+            gpu_hours: round_half_away(total_hours * gpus, 4),
+            price_per_gpu_hour: self.price_per_gpu_hour,
+            estimated_cost: round_half_away(total_hours * self.price_per_gpu_hour * gpus, 2),
+            currency: CURRENCY.to_owned(),
+            dataset_id: None,
+            preset_id: None,
         })
     }
 }
 
-impl CostEstimate {
-    /// The cost in whole cents, rounded half away from zero (what `numeric(10,2)` stores).
-    pub fn cost_cents(&self) -> i64 {
-        // Costs are bounded by realistic budgets, far inside i64.
-        (self.cost * 100.0).round() as i64
+/// `round(value, places)` of PostgreSQL `numeric`: half away from zero. The server computes in
+/// decimal, where a value like 0.755 is exactly halfway and rounds up; in binary it lands a hair
+/// either side of halfway. A value within 1e-12 (relative; f64 arithmetic is good to about 1e-15)
+/// of halfway is therefore taken as the tie it almost certainly is: integer token counts make true
+/// ties common, while a value that close to halfway without being on it is vanishingly rare.
+fn round_half_away(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    let scaled = value * scale;
+    let below = scaled.trunc();
+    let fraction = (scaled - below).abs();
+    let rounded = if (fraction - 0.5).abs() <= 1e-12 * scaled.abs().max(1.0) {
+        below + scaled.signum()
+    } else {
+        scaled.round()
+    };
+    rounded / scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_half_away;
+
+    #[test]
+    fn rounding_is_numerics() {
+        // 0.755 is 0.75499999999999989... in binary; numeric rounds it up.
+        assert_eq!(round_half_away(0.755, 2), 0.76, "a decimal tie rounds up");
+        assert_eq!(round_half_away(0.25005, 4), 0.2501, "at 4 places too");
+        assert_eq!(round_half_away(-0.755, 2), -0.76, "away from zero");
+        assert_eq!(round_half_away(0.754, 2), 0.75, "below halfway rounds down");
+        assert_eq!(round_half_away(2.0, 2), 2.0, "whole numbers stay");
+        assert_eq!(
+            round_half_away(49_603.174_623_015_87, 4),
+            49_603.174_6,
+            "a large value is not mistaken for a tie"
+        );
     }
 }

@@ -9,6 +9,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
+use crate::cost::CostEstimate;
 use crate::text_enum::text_enum;
 
 /// A `null` in a column that has a database default reads as the type's default, so one odd row
@@ -99,6 +100,8 @@ text_enum! {
         JobFailed => "job_failed",
         CostAlert => "cost_alert",
         DatasetReady => "dataset_ready",
+        /// A dataset failed validation (not in the spec's list; the schema adds it).
+        DatasetError => "dataset_error",
     }
 }
 
@@ -166,7 +169,11 @@ pub struct Dataset {
     pub file_size: i64,
     pub total_training_pairs: Option<i64>,
     pub total_validation_pairs: Option<i64>,
+    /// Every token in the file, training and validation conversations.
     pub total_tokens: Option<i64>,
+    /// Tokens one training epoch processes (the estimator's input); written by the worker.
+    #[serde(default)]
+    pub training_tokens: Option<i64>,
     pub avg_turns_per_conversation: Option<f64>,
     pub avg_tokens_per_turn: Option<f64>,
     #[serde(default, deserialize_with = "null_as_default")]
@@ -180,6 +187,16 @@ pub struct Dataset {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl Dataset {
+    /// What one epoch over this dataset costs in tokens, as the server's estimate takes it:
+    /// `training_tokens`, else `total_tokens` (a slight over-estimate); `None` until validated.
+    pub fn tokens_per_epoch(&self) -> Option<u64> {
+        self.training_tokens
+            .or(self.total_tokens)
+            .and_then(|tokens| u64::try_from(tokens).ok())
+    }
 }
 
 /// `training_jobs.hyperparameters` (HyperparameterConfig).
@@ -331,6 +348,9 @@ pub struct TrainingJob {
     pub current_cost: f64,
     pub estimated_total_cost: f64,
     pub final_cost: Option<f64>,
+    /// The estimate `create_training_job` computed and snapshotted, with its inputs.
+    #[serde(default)]
+    pub cost_estimate: Option<CostEstimate>,
     pub error_message: Option<String>,
     pub error_stack: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
@@ -488,6 +508,44 @@ pub struct CostRecord {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// The answer of the `monthly_cost_summary` RPC: the caller's costs for one calendar month.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonthlyCostSummary {
+    /// First day of the month.
+    pub month: NaiveDate,
+    pub currency: String,
+    pub total: f64,
+    pub by_type: CostsByType,
+    /// Largest first.
+    pub by_job: Vec<JobCost>,
+    /// Largest first.
+    pub by_gpu: Vec<GpuCost>,
+}
+
+/// `monthly_cost_summary.by_type`: one total per [`CostType`], zero when there were none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostsByType {
+    pub compute: f64,
+    pub storage: f64,
+    pub data_transfer: f64,
+}
+
+/// One entry of `monthly_cost_summary.by_job`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobCost {
+    pub job_id: Uuid,
+    pub amount: f64,
+}
+
+/// One entry of `monthly_cost_summary.by_gpu`: the costs of jobs by the GPU type snapshotted on
+/// the job, with the GPU-hours their records carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuCost {
+    pub gpu_type: Option<String>,
+    pub amount: f64,
+    pub gpu_hours: f64,
+}
+
 /// A row of `notifications`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
@@ -528,73 +586,48 @@ pub struct CreateTrainingJobInput {
     pub gpu_config: GpuConfig,
 }
 
-/// A hyperparameter preset. The server's table is the source of truth; [`builtin_presets`] is the
-/// spec's list, for offline use and tests.
+/// A row of `training_presets`: a named, complete [`HyperparameterConfig`] that
+/// `create_training_job` starts from. The server's table is the only list of presets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HyperparameterPreset {
+pub struct TrainingPreset {
     pub id: PresetId,
+    pub display_name: String,
+    pub description: Option<String>,
     pub hyperparameters: HyperparameterConfig,
+    pub active: bool,
+    pub sort_order: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
-/// The spec's four presets (HYPERPARAMETER_PRESETS).
-pub fn builtin_presets() -> Vec<HyperparameterPreset> {
-    let preset = |id, learning_rate, batch_size, num_epochs, lora_rank, dropout, warmup| {
-        HyperparameterPreset {
-            id,
-            hyperparameters: HyperparameterConfig {
-                base_model: "mistralai/Mistral-7B-v0.1".to_owned(),
-                learning_rate,
-                batch_size,
-                num_epochs,
-                lora_rank,
-                lora_alpha: lora_rank * 2,
-                lora_dropout: dropout,
-                warmup_steps: warmup,
-                weight_decay: warmup.map(|_| 0.01),
-                gradient_accumulation_steps: None,
-                max_grad_norm: None,
-            },
-        }
-    };
-    vec![
-        preset(PresetId::Conservative, 0.0001, 4, 3, 8, 0.05, Some(100)),
-        preset(PresetId::Balanced, 0.0002, 8, 5, 16, 0.1, Some(200)),
-        preset(PresetId::Aggressive, 0.0003, 16, 10, 32, 0.1, Some(500)),
-        preset(PresetId::Custom, 0.0002, 8, 5, 16, 0.1, None),
-    ]
-}
-
-/// One GPU type of the server's catalogue: what the estimator needs to turn tokens into hours and
-/// hours into money. Prices are per GPU per hour.
+/// A row of `gpu_types`: one GPU type of the catalogue, with what the estimator needs to turn
+/// tokens into hours and hours into money.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GpuCatalogueEntry {
-    pub gpu_type: String,
-    pub gpu_memory_gb: f64,
+pub struct GpuType {
+    /// e.g. `A100-80GB`: what `gpu_config.gpu_type` holds.
+    pub id: String,
+    pub display_name: String,
+    /// Memory of one GPU.
+    pub memory_gb: u32,
+    /// US dollars for ONE GPU for one hour; a job on n GPUs pays n times this.
     pub price_per_gpu_hour: f64,
-    /// Training throughput of one GPU on the reference model, tokens per second.
-    pub throughput_tokens_per_sec_per_gpu: f64,
+    /// Training throughput of one GPU, dataset tokens per second.
+    pub tokens_per_second_per_gpu: f64,
     /// Largest `gpu_count` offered for this type.
-    #[serde(default = "one")]
     pub max_gpus: u32,
-    #[serde(default = "yes")]
-    pub available: bool,
+    pub active: bool,
+    pub sort_order: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
-fn one() -> u32 {
-    1
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl GpuCatalogueEntry {
-    /// The [`GpuConfig`] snapshotted on a job that uses `gpu_count` of this GPU.
+impl GpuType {
+    /// The [`GpuConfig`] `create_training_job` snapshots for `gpu_count` of this GPU.
     pub fn config(&self, gpu_count: u32) -> GpuConfig {
         GpuConfig {
-            gpu_type: self.gpu_type.clone(),
+            gpu_type: self.id.clone(),
             num_gpus: gpu_count,
-            gpu_memory_gb: self.gpu_memory_gb * f64::from(gpu_count),
+            gpu_memory_gb: f64::from(self.memory_gb) * f64::from(gpu_count),
             cost_per_gpu_hour: self.price_per_gpu_hour,
         }
     }

@@ -1,13 +1,13 @@
 //! Every product operation of `Api` against the real stack and its migrations, with the error
 //! cases the UI branches on.
 
-use brightrun_client::api::{DatasetChanges, EstimateRequest, NotificationFilter};
+use brightrun_client::api::{Api, DatasetChanges, EstimateRequest, NotificationFilter};
 use brightrun_client::error::{ApiError, ErrorKind, Service};
 use brightrun_client::session::Session;
 use brightrun_client::{Error, Secret};
 use brightrun_core::{
-    CostType, CreateDatasetInput, CreateTrainingJobInput, DatasetStatus, GpuConfig, JobStatus,
-    NotificationType, PresetId,
+    CostEstimateInputs, CostType, CreateDatasetInput, CreateTrainingJobInput, DatasetStatus,
+    GpuConfig, JobStatus, NotificationType, PresetId,
 };
 use chrono::{Datelike, NaiveDate, Utc};
 use uuid::Uuid;
@@ -24,8 +24,12 @@ fn dataset_input(name: &str) -> CreateDatasetInput {
     }
 }
 
-fn job_input(dataset_id: Uuid) -> CreateTrainingJobInput {
-    let preset = brightrun_core::builtin_presets()
+/// A job on two A100s with the server's balanced preset (its table is the only list of presets).
+async fn job_input(api: &Api, dataset_id: Uuid) -> CreateTrainingJobInput {
+    let preset = api
+        .presets()
+        .await
+        .expect("presets")
         .into_iter()
         .find(|p| p.id == PresetId::Balanced)
         .expect("balanced preset");
@@ -360,20 +364,14 @@ async fn estimate_create_list_clone_and_cancel_jobs() {
         estimate.price_per_gpu_hour, 3.0,
         "the catalogue's A100 price"
     );
-    let core = estimate.to_core();
-    let preview = core
-        .inputs
-        .estimate()
-        .expect("the core formula runs on the server's inputs");
-    assert!(
-        (preview.cost - estimate.estimated_cost).abs() < 0.01,
-        "the client preview agrees with the server: {} vs {}",
-        preview.cost,
-        estimate.estimated_cost
+    assert_eq!(
+        (estimate.dataset_id, estimate.preset_id.clone()),
+        (Some(dataset_id), Some(PresetId::Balanced)),
+        "the answer names the dataset and the preset"
     );
 
     let job = api
-        .create_training_job(&job_input(dataset_id))
+        .create_training_job(&job_input(&api, dataset_id).await)
         .await
         .expect("create job");
     assert_eq!(job.status, JobStatus::Queued, "queued");
@@ -386,6 +384,11 @@ async fn estimate_create_list_clone_and_cancel_jobs() {
     assert_eq!(
         job.estimated_total_cost, estimate.estimated_cost,
         "the job's estimate is the estimate RPC's"
+    );
+    assert_eq!(
+        job.cost_estimate.as_ref(),
+        Some(&estimate),
+        "and the job snapshots the whole estimate"
     );
     assert_eq!(
         job.hyperparameters.lora_rank, 16,
@@ -467,7 +470,10 @@ async fn job_errors_are_specific() {
         .create_dataset(&dataset_input("Still uploading"))
         .await
         .expect("create");
-    let (kind, message) = kind_of(api.create_training_job(&job_input(not_ready.id)).await);
+    let (kind, message) = kind_of(
+        api.create_training_job(&job_input(&api, not_ready.id).await)
+            .await,
+    );
     assert_eq!(
         kind,
         ErrorKind::Conflict,
@@ -478,7 +484,7 @@ async fn job_errors_are_specific() {
         "the message says why and in which state: {message}"
     );
     let error = api
-        .create_training_job(&job_input(not_ready.id))
+        .create_training_job(&job_input(&api, not_ready.id).await)
         .await
         .expect_err("still not ready");
     assert_eq!(
@@ -490,7 +496,7 @@ async fn job_errors_are_specific() {
     let db = db().await;
     let ready = ready_dataset(&db, user.id, "Ready").await;
     db.close().await;
-    let mut input = job_input(ready);
+    let mut input = job_input(&api, ready).await;
     input.gpu_config.gpu_type = "TPU-v9".into();
     let (kind, message) = kind_of(api.create_training_job(&input).await);
     assert_eq!(
@@ -498,7 +504,7 @@ async fn job_errors_are_specific() {
         ErrorKind::ValidationFailed,
         "unknown GPU type: {message}"
     );
-    let mut input = job_input(ready);
+    let mut input = job_input(&api, ready).await;
     input.hyperparameters.learning_rate = 2.0;
     let (kind, message) = kind_of(api.create_training_job(&input).await);
     assert_eq!(
@@ -522,7 +528,7 @@ async fn metrics_models_costs_notifications_and_catalogue() {
     let db = db().await;
     let dataset_id = ready_dataset(&db, user.id, "Metrics set").await;
     let job = api
-        .create_training_job(&job_input(dataset_id))
+        .create_training_job(&job_input(&api, dataset_id).await)
         .await
         .expect("job");
 
@@ -751,19 +757,21 @@ async fn metrics_models_costs_notifications_and_catalogue() {
 
     // The catalogue.
     let gpus = api.gpu_types().await.expect("gpu types");
-    let a100 = gpus
-        .iter()
-        .find(|g| g.id == "A100-80GB")
-        .expect("A100 on offer");
-    assert_eq!(a100.price_per_gpu_hour, 3.0, "per-GPU price");
     assert_eq!(
-        a100.catalogue_entry().max_gpus,
-        8,
-        "converts to the core catalogue entry"
+        gpus.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
+        ["A6000-48GB", "A100-80GB", "H100-80GB"],
+        "the seeded GPU types in catalogue order"
     );
-    assert!(
-        gpus.windows(2).all(|w| w[0].sort_order <= w[1].sort_order),
-        "catalogue order"
+    let a100 = &gpus[1];
+    assert_eq!(
+        (a100.memory_gb, a100.price_per_gpu_hour, a100.max_gpus),
+        (80, 3.0, 8),
+        "per-GPU memory and price, up to 8 GPUs"
+    );
+    assert_eq!(
+        a100.config(2),
+        job.gpu_config,
+        "the GPU config the server snapshotted for two A100s"
     );
     let presets = api.presets().await.expect("presets");
     assert_eq!(
@@ -776,17 +784,154 @@ async fn metrics_models_costs_notifications_and_catalogue() {
         ],
         "the four presets in order"
     );
-    let builtin = brightrun_core::builtin_presets();
     for preset in &presets {
-        let core = preset.preset();
-        let expected = builtin.iter().find(|b| b.id == core.id).expect("builtin");
-        assert_eq!(
-            core.hyperparameters, expected.hyperparameters,
-            "server and core agree on {}",
-            core.id
+        assert!(
+            preset.hyperparameters.problems().is_empty(),
+            "preset {} passes the client's checks: {:?}",
+            preset.id,
+            preset.hyperparameters.problems()
+        );
+    }
+    let aggressive = &presets[2].hyperparameters;
+    assert_eq!(
+        (
+            aggressive.lora_rank,
+            aggressive.lora_alpha,
+            aggressive.num_epochs
+        ),
+        (32, 64, 10),
+        "the spec's aggressive values"
+    );
+    db.close().await;
+}
+
+/// A ready dataset of `user_id` whose size the estimate reads: `training_tokens`, or only
+/// `total_tokens` when `training_tokens` is `None` (the server then falls back to it).
+async fn dataset_of_size(
+    db: &sqlx::PgPool,
+    user_id: Uuid,
+    training_tokens: Option<i64>,
+    total_tokens: i64,
+) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "insert into public.datasets (id, user_id, name, status, storage_path, file_name, file_size,
+            total_training_pairs, total_validation_pairs, total_tokens, training_tokens,
+            training_ready, validated_at)
+         values ($1, $2, 'sized', 'ready', $2::text || '/' || $1::text || '/data.jsonl', 'data.jsonl',
+            1000, 90, 10, $3, $4, true, now())",
+    )
+    .bind(id)
+    .bind(user_id)
+    .bind(total_tokens)
+    .bind(training_tokens)
+    .execute(db)
+    .await
+    .expect("insert a sized dataset");
+    id
+}
+
+/// The offline preview in brightrun-core gives the server's `estimate_training_cost` answer to
+/// the last digit, for every GPU type and count on offer, dataset sizes from empty to billions of
+/// tokens (including sizes where a cost or an hour count lands exactly halfway between two
+/// roundings), and epochs given or taken from a preset.
+#[tokio::test]
+async fn the_offline_preview_is_the_servers_estimate() {
+    let (user, api) = minted("api-preview").await;
+    let db = db().await;
+    // (training_tokens, total_tokens): 19,200 tokens on one A100 cost exactly $0.755 and 576
+    // tokens train for exactly 0.00005 h; the last one has only total_tokens.
+    let sizes = [
+        (Some(0), 10),
+        (Some(576), 700),
+        (Some(19_200), 20_000),
+        (Some(123_457), 150_001),
+        (Some(36_000_000), 40_000_000),
+        (Some(2_500_000_001), 2_700_000_000),
+        (None, 987_654),
+    ];
+    let mut datasets = Vec::new();
+    for (training, total) in sizes {
+        let id = dataset_of_size(&db, user.id, training, total).await;
+        datasets.push(
+            api.dataset(id)
+                .await
+                .expect("the dataset as the client reads it"),
         );
     }
     db.close().await;
+    let gpus = api.gpu_types().await.expect("gpu types");
+    let presets = api.presets().await.expect("presets");
+    let aggressive = presets
+        .iter()
+        .find(|p| p.id == PresetId::Aggressive)
+        .expect("aggressive preset");
+
+    let mut compared = 0;
+    let mut mismatches = Vec::new();
+    for dataset in &datasets {
+        let tokens = dataset
+            .tokens_per_epoch()
+            .expect("a ready dataset has a size");
+        for gpu in &gpus {
+            for gpu_count in 1..=gpu.max_gpus {
+                // Epochs given, or the preset's (None: the server reads the preset).
+                for epochs in [Some(1), Some(3), Some(100), None] {
+                    let answer = api
+                        .estimate_training_cost(&EstimateRequest {
+                            dataset_id: dataset.id,
+                            gpu_type: gpu.id.clone(),
+                            gpu_count,
+                            epochs,
+                            preset_id: epochs.is_none().then_some(PresetId::Aggressive),
+                        })
+                        .await
+                        .expect("estimate");
+                    let epochs = epochs.unwrap_or(aggressive.hyperparameters.num_epochs);
+                    let mut preview = CostEstimateInputs::new(tokens, epochs, gpu, gpu_count)
+                        .and_then(|inputs| inputs.estimate())
+                        .expect("the preview takes what the server takes");
+                    preview.dataset_id = Some(dataset.id);
+                    preview.preset_id = answer.preset_id.clone();
+                    if preview != answer {
+                        mismatches.push(format!("preview {preview:?}\n server {answer:?}"));
+                    }
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        compared,
+        7 * 20 * 4,
+        "every size, GPU type and count, epochs"
+    );
+    assert!(
+        mismatches.is_empty(),
+        "{} of {compared} previews differ from the server:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+
+    // What the server refuses, the preview refuses.
+    let a6000 = &gpus[0];
+    let error = api
+        .estimate_training_cost(&EstimateRequest {
+            dataset_id: datasets[0].id,
+            gpu_type: a6000.id.clone(),
+            gpu_count: a6000.max_gpus + 1,
+            epochs: Some(1),
+            preset_id: None,
+        })
+        .await
+        .expect_err("more GPUs than offered");
+    let preview = CostEstimateInputs::new(1, 1, a6000, a6000.max_gpus + 1)
+        .expect_err("more GPUs than offered");
+    assert_eq!(
+        error.api().map(|a| a.message.as_str()),
+        Some(preview.to_string().as_str()),
+        "the same refusal, in the same words"
+    );
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ use brightrun_client::local::LocalDb;
 use brightrun_client::retry::{Retrier, RetryPolicy};
 use brightrun_client::session::Session;
 use brightrun_client::watch::{Cadence, JobFeed, JobWatcher, Visibility, WatchEvent};
-use brightrun_core::{CreateTrainingJobInput, GpuConfig, JobStatus, PresetId};
+use brightrun_core::{
+    CreateTrainingJobInput, GpuConfig, HyperparameterConfig, JobStatus, PresetId,
+};
 use rand::SeedableRng;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -22,7 +24,20 @@ fn job_input(dataset_id: Uuid) -> CreateTrainingJobInput {
     CreateTrainingJobInput {
         dataset_id,
         preset_id: PresetId::Conservative,
-        hyperparameters: brightrun_core::builtin_presets()[0].hyperparameters.clone(),
+        // The conservative preset's values (the server merges them over its own).
+        hyperparameters: HyperparameterConfig {
+            base_model: "mistralai/Mistral-7B-v0.1".into(),
+            learning_rate: 0.0001,
+            batch_size: 4,
+            num_epochs: 3,
+            lora_rank: 8,
+            lora_alpha: 16,
+            lora_dropout: 0.05,
+            warmup_steps: Some(100),
+            weight_decay: Some(0.01),
+            gradient_accumulation_steps: None,
+            max_grad_norm: None,
+        },
         gpu_config: GpuConfig {
             gpu_type: "A6000-48GB".into(),
             num_gpus: 1,

@@ -1,9 +1,9 @@
 //! The domain types read rows exactly as PostgREST returns them and write them back unchanged.
 
 use brightrun_core::{
-    CostRecord, CostType, Dataset, DatasetFormat, DatasetStatus, JobStage, JobStatus, MetricsPoint,
-    ModelArtifact, Notification, NotificationType, PresetId, TrainingJob, builtin_presets,
-    known_context_length,
+    CostRecord, CostType, Dataset, DatasetFormat, DatasetStatus, GpuType, JobStage, JobStatus,
+    MetricsPoint, ModelArtifact, MonthlyCostSummary, Notification, NotificationType, PresetId,
+    TrainingJob, TrainingPreset, known_context_length,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -53,7 +53,8 @@ fn a_dataset_row_round_trips() {
         "format": "brightrun_lora_v4", "status": "ready", "storage_bucket": "lora-datasets",
         "storage_path": format!("{USER}/{DATASET}/chats.jsonl"), "file_name": "chats.jsonl",
         "file_size": 10485760, "total_training_pairs": 900, "total_validation_pairs": 100,
-        "total_tokens": 1234567, "avg_turns_per_conversation": 4.25, "avg_tokens_per_turn": 61.5,
+        "total_tokens": 1234567, "training_tokens": 1100000,
+        "avg_turns_per_conversation": 4.25, "avg_tokens_per_turn": 61.5,
         "training_ready": true, "validated_at": "2026-11-22T10:00:00.123456+00:00",
         "validation_errors": [{"line": 3, "error": "content is empty", "suggestion": "Write it"}],
         "sample_data": [{"messages": []}],
@@ -69,6 +70,11 @@ fn a_dataset_row_round_trips() {
         dataset.format,
         DatasetFormat::V4,
         "format text maps to the enum"
+    );
+    assert_eq!(
+        dataset.tokens_per_epoch(),
+        Some(1_100_000),
+        "an epoch is the training tokens, not every token of the file"
     );
     assert_eq!(
         dataset.validated_at.map(|t| t.timestamp_subsec_micros()),
@@ -88,6 +94,7 @@ fn unknown_status_values_are_kept_not_rejected() {
         "queued_at": "2026-11-22T10:00:00+00:00", "started_at": "2026-11-22T10:01:00+00:00",
         "completed_at": null, "estimated_completion_at": "2026-11-22T12:00:00+00:00",
         "current_cost": 1.25, "estimated_total_cost": 3.41, "final_cost": null,
+        "cost_estimate": null,
         "error_message": null, "error_stack": null, "retry_count": 0,
         "external_job_id": null, "artifact_id": null, "attempt": 2,
         "created_at": "2026-11-22T10:00:00+00:00", "updated_at": "2026-11-22T10:05:00.5+00:00"
@@ -171,33 +178,135 @@ fn metrics_artifacts_costs_and_notifications_round_trip() {
     );
 }
 
+/// The values of every text column's CHECK constraint in migrations/20261122000002_lora_schema.sql,
+/// in the constraint's order: each must be a known variant, and no variant may be missing.
 #[test]
-fn presets_match_the_spec_and_pass_their_own_checks() {
-    let presets = builtin_presets();
-    assert_eq!(
-        presets.len(),
-        4,
-        "conservative, balanced, aggressive, custom"
-    );
-    for preset in &presets {
-        assert!(
-            preset.hyperparameters.problems().is_empty(),
-            "preset {} must be valid: {:?}",
-            preset.id,
-            preset.hyperparameters.problems()
+fn text_enums_know_exactly_the_schemas_values() {
+    fn texts<T: std::fmt::Display>(known: &[T]) -> Vec<String> {
+        known.iter().map(ToString::to_string).collect()
+    }
+    let cases: [(&str, Vec<String>, &[&str]); 8] = [
+        (
+            "datasets.format",
+            texts(DatasetFormat::KNOWN),
+            &["brightrun_lora_v4", "brightrun_lora_v3"],
+        ),
+        (
+            "datasets.status",
+            texts(DatasetStatus::KNOWN),
+            &["uploading", "validating", "ready", "error"],
+        ),
+        (
+            "training_jobs.status",
+            texts(JobStatus::KNOWN),
+            &[
+                "queued",
+                "initializing",
+                "running",
+                "completed",
+                "failed",
+                "cancelled",
+            ],
+        ),
+        (
+            "training_jobs.current_stage",
+            texts(JobStage::KNOWN),
+            &[
+                "queued",
+                "initializing",
+                "training",
+                "validating",
+                "saving",
+                "completed",
+            ],
+        ),
+        (
+            "model_artifacts.status",
+            texts(brightrun_core::ModelStatus::KNOWN),
+            &["stored", "deployed", "archived"],
+        ),
+        (
+            "cost_records.cost_type",
+            texts(CostType::KNOWN),
+            &["compute", "storage", "data_transfer"],
+        ),
+        (
+            "notifications.type",
+            texts(NotificationType::KNOWN),
+            &[
+                "job_complete",
+                "job_failed",
+                "cost_alert",
+                "dataset_ready",
+                "dataset_error",
+            ],
+        ),
+        (
+            "notifications.priority",
+            texts(brightrun_core::NotificationPriority::KNOWN),
+            &["low", "medium", "high", "critical"],
+        ),
+    ];
+    for (column, known, schema) in cases {
+        assert_eq!(
+            known, schema,
+            "{column}: the enum and the CHECK constraint agree"
         );
     }
-    let aggressive = &presets[2].hyperparameters;
+    let failed: Notification = serde_json::from_value(json!({
+        "id": "44444444-2222-4333-8444-555555555556", "user_id": USER, "type": "dataset_error",
+        "title": "Dataset 'support-bot' failed validation", "message": "3 errors",
+        "priority": "high", "read": false, "action_url": null, "metadata": null,
+        "created_at": "2026-11-22T11:00:00+00:00"
+    }))
+    .expect("a dataset_error notification reads");
+    assert_eq!(
+        failed.kind,
+        NotificationType::DatasetError,
+        "dataset_error is a known type, not Other"
+    );
+}
+
+#[test]
+fn catalogue_rows_round_trip() {
+    // As PostgREST sends them: numeric columns keep their scale (1.5000, 1400.00).
+    let gpu: GpuType = round_trip(json!({
+        "id": "A6000-48GB", "display_name": "NVIDIA RTX A6000 48 GB", "memory_gb": 48,
+        "price_per_gpu_hour": 1.5000, "tokens_per_second_per_gpu": 1400.00, "max_gpus": 4,
+        "active": true, "sort_order": 10, "created_at": "2026-11-22T05:02:50.202212+00:00",
+        "updated_at": "2026-11-22T05:02:50.202212+00:00"
+    }));
+    let config = gpu.config(2);
     assert_eq!(
         (
-            aggressive.lora_rank,
-            aggressive.lora_alpha,
-            aggressive.num_epochs
+            config.gpu_type.as_str(),
+            config.num_gpus,
+            config.gpu_memory_gb,
+            config.cost_per_gpu_hour
         ),
-        (32, 64, 10),
-        "spec values"
+        ("A6000-48GB", 2, 96.0, 1.5),
+        "the job's gpu_config: memory of all GPUs, price of one"
     );
-    let mut broken = presets[0].hyperparameters.clone();
+
+    let preset: TrainingPreset = round_trip(json!({
+        "id": "custom", "display_name": "Custom",
+        "description": "Start from balanced values and set every hyperparameter yourself.",
+        "hyperparameters": {"base_model": "mistralai/Mistral-7B-v0.1", "learning_rate": 0.0002,
+                            "batch_size": 8, "num_epochs": 5, "lora_rank": 16, "lora_alpha": 32,
+                            "lora_dropout": 0.1},
+        "active": true, "sort_order": 40, "created_at": "2026-11-22T05:02:50.202212+00:00",
+        "updated_at": "2026-11-22T05:02:50.202212+00:00"
+    }));
+    assert_eq!(preset.id, PresetId::Custom, "preset id maps");
+    assert_eq!(
+        preset.hyperparameters.warmup_steps, None,
+        "custom has no warm-up"
+    );
+    assert!(
+        preset.hyperparameters.problems().is_empty(),
+        "a preset passes its own checks"
+    );
+    let mut broken = preset.hyperparameters.clone();
     broken.lora_dropout = 1.5;
     broken.learning_rate = 0.0;
     let fields: Vec<_> = broken.problems().iter().map(|p| p.field).collect();
@@ -205,6 +314,51 @@ fn presets_match_the_spec_and_pass_their_own_checks() {
         fields,
         ["learning_rate", "lora_dropout"],
         "every problem is listed"
+    );
+}
+
+#[test]
+fn a_job_carries_its_cost_estimate_snapshot() {
+    let estimate = json!({
+        "tokens_per_epoch": 100000, "epochs": 5, "total_tokens": 500000, "gpu_type": "A100-80GB",
+        "gpu_count": 2, "tokens_per_second_per_gpu": 3200.00, "scaling_efficiency": 0.9000,
+        "effective_tokens_per_second": 5760.00, "training_hours": 0.0241, "overhead_hours": 0.25,
+        "estimated_hours": 0.2741, "gpu_hours": 0.5482, "price_per_gpu_hour": 3.0000,
+        "estimated_cost": 1.64, "currency": "USD", "dataset_id": DATASET, "preset_id": "balanced"
+    });
+    let job: TrainingJob = round_trip(json!({
+        "id": JOB, "user_id": USER, "dataset_id": DATASET, "preset_id": "balanced",
+        "hyperparameters": hyperparameters(), "gpu_config": gpu_config(),
+        "status": "queued", "current_stage": "queued", "progress": 0,
+        "current_epoch": 0, "total_epochs": 5, "current_step": 0, "total_steps": 60,
+        "current_metrics": null, "queued_at": "2026-11-22T10:00:00+00:00", "started_at": null,
+        "completed_at": null, "estimated_completion_at": "2026-11-22T10:16:27+00:00",
+        "current_cost": 0, "estimated_total_cost": 1.64, "final_cost": null,
+        "cost_estimate": estimate, "error_message": null, "error_stack": null, "retry_count": 0,
+        "external_job_id": null, "artifact_id": null, "attempt": 0,
+        "created_at": "2026-11-22T10:00:00+00:00", "updated_at": "2026-11-22T10:00:00+00:00"
+    }));
+    let snapshot = job.cost_estimate.expect("the snapshot reads");
+    assert_eq!(
+        snapshot.estimated_cost, job.estimated_total_cost,
+        "the snapshot is the job's estimate"
+    );
+    assert_eq!(snapshot.gpu_hours, 0.5482, "with its inputs and outputs");
+}
+
+#[test]
+fn the_monthly_summary_reads() {
+    let summary: MonthlyCostSummary = round_trip(json!({
+        "month": "2026-11-01", "currency": "USD", "total": 1.35,
+        "by_type": {"compute": 1.25, "storage": 0.10, "data_transfer": 0},
+        "by_job": [{"job_id": JOB, "amount": 1.35}],
+        "by_gpu": [{"gpu_type": "A100-80GB", "amount": 1.25, "gpu_hours": 0.4}]
+    }));
+    assert_eq!(summary.by_type.storage, 0.1, "by type");
+    assert_eq!(
+        summary.by_gpu[0].gpu_type.as_deref(),
+        Some("A100-80GB"),
+        "by GPU"
     );
 }
 
