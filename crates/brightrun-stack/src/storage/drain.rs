@@ -6,8 +6,13 @@
 //! tus-js-client then retries for half a minute and reports `EPIPE`. [`drain_unread`] wraps every
 //! storage request body so that, if it is dropped before its end, the rest is read and discarded
 //! in the background — bounded in bytes and in idle time, so a client cannot hold a task forever.
+//! The response to such a request says `Connection: close` (nginx's "lingering close"): the
+//! connection ends once the rest is drained, instead of idling in keep-alive with a client that
+//! may never reuse it (Node keeps such a socket referenced, and its process alive).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,16 +31,27 @@ const IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 pub async fn drain_unread(request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
+    let refused = Arc::new(AtomicBool::new(false));
     let body = Body::new(DrainOnDrop {
         inner: Some(body),
         finished: false,
+        refused: refused.clone(),
     });
-    next.run(Request::from_parts(parts, body)).await
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if refused.load(Ordering::Relaxed) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 struct DrainOnDrop {
     inner: Option<Body>,
     finished: bool,
+    /// Set when the body is dropped before its end (the handler refused it).
+    refused: Arc<AtomicBool>,
 }
 
 impl http_body::Body for DrainOnDrop {
@@ -80,6 +96,7 @@ impl Drop for DrainOnDrop {
         if self.finished || http_body::Body::is_end_stream(&inner) {
             return;
         }
+        self.refused.store(true, Ordering::Relaxed);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
