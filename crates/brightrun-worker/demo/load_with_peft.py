@@ -64,10 +64,8 @@ def main():
         ids = ids["input_ids"]
     assert list(ids) == probe["ids"], f"chat template ids differ:\n{list(ids)}\n{probe['ids']}"
 
-    # Trainable: the assistant turn's bytes and its closing <|end|> (as the trainer marks them).
-    assistant = tokenizer.convert_tokens_to_ids("<|assistant|>")
-    start = probe["ids"].index(assistant) + 1
-    trainable = [start <= i for i in range(len(probe["ids"]))]
+    # Trainable: the assistant turn's content and its closing token, as the trainer marked them.
+    trainable = probe["trainable"]
 
     adapted = masked_loss(model, probe["ids"], trainable)
     with model.disable_adapter():

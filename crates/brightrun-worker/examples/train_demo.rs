@@ -6,7 +6,8 @@
 //! ```
 //! Reads `demo/support-bot.jsonl` and `demo/support-bot.hyperparameters.json` (override with
 //! `--dataset FILE` and `--hyperparameters FILE`), caches the base model in
-//! `OUT_DIR/candle-cache` (or `--cache-dir DIR`), and writes
+//! `OUT_DIR/candle-cache` (or `--cache-dir DIR`; `--gguf FILE` trains on a GGUF llama model such
+//! as SmolLM2-135M-Instruct instead of the built-in base), and writes
 //! - `OUT_DIR/adapter/`: the PEFT adapter, as a job would upload it
 //!   (`demo/load_with_peft.py OUT_DIR/adapter` loads it with Hugging Face `peft`);
 //! - `OUT_DIR/encoded.json`: the exact token ids and loss masks trained on, the settings and the
@@ -20,8 +21,8 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use brightrun_core::model::{DatasetFormat, HyperparameterConfig};
 use brightrun_worker::dataset::parse_training_data;
-use brightrun_worker::trainer::candle::CandleBackend;
-use brightrun_worker::trainer::candle::tokenizer::{Encoded, encode_conversation};
+use brightrun_worker::trainer::candle::tokenizer::Encoded;
+use brightrun_worker::trainer::candle::{CandleBackend, CandleOptions};
 use brightrun_worker::trainer::{Stage, TrainerBackend, TrainerEvent, TrainingSpec};
 use serde_json::{Value, json};
 
@@ -30,6 +31,7 @@ struct Args {
     dataset: PathBuf,
     hyperparameters: PathBuf,
     cache_dir: Option<PathBuf>,
+    gguf: Option<PathBuf>,
 }
 
 fn args() -> Result<Args> {
@@ -40,6 +42,7 @@ fn args() -> Result<Args> {
         dataset: demo.join("support-bot.jsonl"),
         hyperparameters: demo.join("support-bot.hyperparameters.json"),
         cache_dir: None,
+        gguf: None,
     };
     let mut it = std::env::args_os().skip(1);
     while let Some(arg) = it.next() {
@@ -48,6 +51,7 @@ fn args() -> Result<Args> {
             Some("--dataset") => a.dataset = value()?,
             Some("--hyperparameters") => a.hyperparameters = value()?,
             Some("--cache-dir") => a.cache_dir = Some(value()?),
+            Some("--gguf") => a.gguf = Some(value()?),
             Some(s) if s.starts_with("--") => bail!("unknown option {s}"),
             _ => out = Some(PathBuf::from(arg)),
         }
@@ -83,13 +87,18 @@ fn main() -> Result<()> {
         std::fs::remove_dir_all(&adapter_dir)?;
     }
     std::fs::create_dir_all(&adapter_dir)?;
-    let backend = CandleBackend::new(a.cache_dir.unwrap_or_else(|| a.out.join("candle-cache")));
+    let backend = CandleBackend::with_options(
+        a.cache_dir.unwrap_or_else(|| a.out.join("candle-cache")),
+        CandleOptions {
+            gguf: a.gguf,
+            ..CandleOptions::default()
+        },
+    );
     let cancel = AtomicBool::new(false);
     let base_dir = backend.prepare_base_model(&cancel)?;
     let max_len = backend.options().max_seq_len;
-    let encode = |c: &Vec<_>| encode_conversation(c, max_len);
-    let train: Vec<Encoded> = data.train.iter().map(encode).collect();
-    let validation: Vec<Encoded> = data.validation.iter().map(encode).collect();
+    let train = backend.encode_all(&data.train, &cancel)?;
+    let validation = backend.encode_all(&data.validation, &cancel)?;
     std::fs::write(
         a.out.join("encoded.json"),
         serde_json::to_vec(&json!({

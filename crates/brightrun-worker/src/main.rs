@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use brightrun_worker::queue::QueuePolicy;
 use brightrun_worker::remote::FakeProvider;
 use brightrun_worker::storage::ServiceKey;
-use brightrun_worker::trainer::candle::CandleBackend;
+use brightrun_worker::trainer::candle::{CandleBackend, CandleOptions};
 use brightrun_worker::trainer::scripted::ScriptedBackend;
 use brightrun_worker::{Backend, WorkerConfig};
 use clap::{Parser, ValueEnum};
@@ -65,6 +65,10 @@ struct Args {
     /// candle's base-model cache (built once, deterministic). Default: `<work-dir>/candle-cache`.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// Candle backend: train on this GGUF llama model (e.g. SmolLM2-135M-Instruct, which
+    /// `cargo xtask fetch-smollm2` downloads) instead of the built-in tiny byte-level model.
+    #[arg(long, value_name = "FILE")]
+    base_gguf: Option<PathBuf>,
     #[arg(long, default_value_t = 30_000)]
     lease_ms: u64,
     #[arg(long, default_value_t = 2_000)]
@@ -166,9 +170,13 @@ async fn main() -> Result<()> {
 
     let ms = Duration::from_millis;
     let backend = match args.backend {
-        BackendName::Candle => Backend::Local(Arc::new(CandleBackend::new(
+        BackendName::Candle => Backend::Local(Arc::new(CandleBackend::with_options(
             args.cache_dir
                 .unwrap_or_else(|| work_dir.join("candle-cache")),
+            CandleOptions {
+                gguf: args.base_gguf,
+                ..CandleOptions::default()
+            },
         ))),
         BackendName::Scripted => Backend::Local(Arc::new(ScriptedBackend {
             total_steps: args.scripted_steps,

@@ -648,3 +648,85 @@ fn base_model_is_cached_and_training_is_deterministic() {
         "same job, same adapter bytes"
     );
 }
+
+#[test]
+fn grouped_query_attention_with_tied_embeddings_trains_and_sizes_v_by_the_kv_heads() {
+    // The shape of SmolLM2 (9 query heads over 3 kv heads, LM head tied to the embeddings),
+    // in miniature: 4 query heads over 2 kv heads.
+    let mut base = BaseModelSpec::tiny();
+    base.model.num_kv_heads = Some(2);
+    base.model.num_heads = 4;
+    base.model.tie_word_embeddings = true;
+    let backend = CandleBackend::with_options(
+        shared_cache(),
+        CandleOptions {
+            base: base.clone(),
+            max_seq_len: 64,
+            ..CandleOptions::default()
+        },
+    );
+    let out = tempfile::tempdir().expect("tempdir");
+    let adapter_dir = out.path().join("adapter");
+    let job = spec(
+        adapter_dir.clone(),
+        hyperparameters(4, 16, 5e-2, 4, 40),
+        small_dataset(16),
+        vec![],
+    );
+    let (result, events) = run(&backend, &job);
+    result.expect("training succeeds");
+    let losses = step_losses(&events);
+    let epoch = losses.len() / 40;
+    let first: f64 = losses[..epoch].iter().sum::<f64>() / epoch as f64;
+    let last: f64 = losses[losses.len() - epoch..].iter().sum::<f64>() / epoch as f64;
+    // The tiny base knows little (20 pre-training steps), so the fall is small; what matters
+    // here is that gradients flow through the shared kv heads.
+    assert!(
+        last < 0.97 * first,
+        "the loss falls: {first:.3} → {last:.3}"
+    );
+
+    let bytes = std::fs::read(adapter_dir.join("adapter_model.safetensors")).expect("weights");
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let shape = |name: &str| {
+        tensors
+            .tensor(&format!(
+                "base_model.model.model.layers.0.self_attn.{name}.weight"
+            ))
+            .expect(name)
+            .shape()
+            .to_vec()
+    };
+    let (h, kv) = (base.model.hidden_size, base.model.kv_dim());
+    assert_eq!(kv, h / 2, "two kv heads of four");
+    assert_eq!(shape("q_proj.lora_B"), [h, 4], "q's B is [hidden, r]");
+    assert_eq!(
+        shape("v_proj.lora_B"),
+        [kv, 4],
+        "v's B is [kv heads × head dim, r]"
+    );
+    assert_eq!(shape("v_proj.lora_A"), [4, h], "v's A is [r, hidden]");
+    let v_b = tensors
+        .tensor("base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight")
+        .expect("v B");
+    assert!(
+        v_b.data().iter().any(|&x| x != 0),
+        "v's B trained away from zeros: gradients reach it through repeat_kv"
+    );
+    let base_dir: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(adapter_dir.join("brightrun_adapter.json")).expect("run info"),
+    )
+    .expect("JSON");
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            PathBuf::from(base_dir["base_model_dir"].as_str().expect("dir")).join("config.json"),
+        )
+        .expect("base config"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        config["num_key_value_heads"], 2,
+        "the HF config says GQA: {config}"
+    );
+    assert_eq!(config["tie_word_embeddings"], true, "and tied embeddings");
+}

@@ -47,6 +47,8 @@ impl BaseModelSpec {
                 max_position_embeddings: 512,
                 rope_theta: 10_000.0,
                 rms_norm_eps: 1e-5,
+                num_kv_heads: None,
+                tie_word_embeddings: false,
             },
             seed: 20_240_605,
             pretrain_steps: 300,
@@ -105,6 +107,11 @@ pub fn load_or_build(
     cancel: &AtomicBool,
 ) -> Result<BaseModel, CandleError> {
     spec.model.check().map_err(CandleError::Invalid)?;
+    if spec.model.vocab_size != VOCAB_SIZE {
+        return Err(CandleError::Invalid(format!(
+            "the byte-level base model needs vocab_size {VOCAB_SIZE}"
+        )));
+    }
     let dir = spec.dir(cache_dir);
     let weights_path = dir.join("model.safetensors");
     if weights_path.is_file() {

@@ -24,6 +24,7 @@
 //! machine). It cannot be set from here without `unsafe` (`std::env::set_var`).
 
 pub mod base;
+pub mod gguf;
 pub mod kernels;
 pub mod model;
 pub mod optim;
@@ -69,6 +70,9 @@ pub struct CandleOptions {
     pub threads: usize,
     /// Seed of LoRA init, dropout masks and shuffling.
     pub seed: u64,
+    /// Train on this GGUF llama model (e.g. SmolLM2-135M-Instruct) instead of the built-in
+    /// byte-level base; see [`gguf`].
+    pub gguf: Option<PathBuf>,
 }
 
 impl Default for CandleOptions {
@@ -78,6 +82,7 @@ impl Default for CandleOptions {
             max_seq_len: 384,
             threads: 1,
             seed: 42,
+            gguf: None,
         }
     }
 }
@@ -101,10 +106,107 @@ impl CandleBackend {
         &self.options
     }
 
-    /// Loads (or builds and caches) the base model without training anything.
+    /// Loads (or builds and caches) the base model without training anything; returns its
+    /// Hugging Face directory.
     pub fn prepare_base_model(&self, cancel: &AtomicBool) -> Result<PathBuf, TrainerError> {
-        let base = base::load_or_build(&self.options.base, &self.cache_dir, &Device::Cpu, cancel)?;
-        Ok(base.dir)
+        Ok(self.load_base(&Device::Cpu, cancel)?.dir().to_owned())
+    }
+
+    fn load_base(&self, device: &Device, cancel: &AtomicBool) -> Result<Base, CandleError> {
+        Ok(match &self.options.gguf {
+            Some(path) => Base::Gguf(Box::new(gguf::load(path, &self.cache_dir, device)?)),
+            None => Base::Builtin(base::load_or_build(
+                &self.options.base,
+                &self.cache_dir,
+                device,
+                cancel,
+            )?),
+        })
+    }
+
+    /// Encodes conversations as the trainer would, with the configured base model's template
+    /// (for tools that train the same data elsewhere).
+    pub fn encode_all(
+        &self,
+        conversations: &[Vec<Turn>],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Encoded>, TrainerError> {
+        let base = self.load_base(&Device::Cpu, cancel)?;
+        let max_len = self.max_len(&base);
+        Ok(conversations
+            .iter()
+            .map(|c| base.encode(c, max_len))
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn max_len(&self, base: &Base) -> usize {
+        self.options
+            .max_seq_len
+            .min(base.model().config.max_position_embeddings)
+            .max(2)
+    }
+}
+
+/// The base model of a run and its chat template.
+enum Base {
+    Builtin(base::BaseModel),
+    Gguf(Box<gguf::GgufBase>),
+}
+
+impl Base {
+    fn model(&self) -> &Model {
+        match self {
+            Self::Builtin(b) => &b.model,
+            Self::Gguf(b) => &b.model,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        match self {
+            Self::Builtin(b) => &b.dir,
+            Self::Gguf(b) => &b.dir,
+        }
+    }
+
+    fn fingerprint(&self) -> u64 {
+        match self {
+            Self::Builtin(b) => b.fingerprint,
+            Self::Gguf(b) => b.fingerprint,
+        }
+    }
+
+    fn encode(&self, turns: &[Turn], max_len: usize) -> Result<Encoded, CandleError> {
+        match self {
+            Self::Builtin(_) => Ok(encode_conversation(turns, max_len)),
+            Self::Gguf(b) => b.chat.encode(turns, max_len),
+        }
+    }
+
+    /// What `adapter_config.json` names as the base: the Hugging Face id when known, else the
+    /// cached directory (which `transformers` loads as well).
+    fn adapter_base(&self) -> String {
+        match self {
+            Self::Gguf(b) if b.hf_id.is_some() => b.hf_id.clone().unwrap_or_default(),
+            _ => self.dir().to_string_lossy().into_owned(),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Builtin(_) => "brightrun tiny byte-level llama".into(),
+            Self::Gguf(b) => b.name.clone(),
+        }
+    }
+
+    fn write_tokenizer_files(
+        &self,
+        dir: &Path,
+        max_len: usize,
+    ) -> Result<Vec<PathBuf>, CandleError> {
+        match self {
+            Self::Builtin(_) => write_tokenizer_files(dir, max_len),
+            Self::Gguf(b) => b.chat.write_files(dir, max_len),
+        }
     }
 }
 
@@ -202,26 +304,27 @@ impl CandleBackend {
         let device = Device::Cpu;
         events(TrainerEvent::Stage(Stage::Initializing));
 
-        let max_len = opts
-            .max_seq_len
-            .min(opts.base.model.max_position_embeddings)
-            .max(2);
-        let encode = |set: &[Vec<Turn>]| -> Vec<Encoded> {
-            set.iter()
-                .map(|c| encode_conversation(c, max_len))
-                .filter(|e| e.target_count() > 0)
-                .collect()
+        let base = self.load_base(&device, cancel)?;
+        let model = base.model();
+        let max_len = self.max_len(&base);
+        let encode = |set: &[Vec<Turn>]| -> Result<Vec<Encoded>, CandleError> {
+            let mut out = Vec::with_capacity(set.len());
+            for c in set {
+                let e = base.encode(c, max_len)?;
+                if e.target_count() > 0 {
+                    out.push(e);
+                }
+            }
+            Ok(out)
         };
-        let train = encode(&spec.train);
-        let validation = encode(&spec.validation);
+        let train = encode(&spec.train)?;
+        let validation = encode(&spec.validation)?;
         if train.is_empty() {
             return Err(CandleError::Invalid(format!(
                 "no training conversation has a trainable assistant token within the first {max_len} tokens"
             )));
         }
 
-        let base = base::load_or_build(&opts.base, &self.cache_dir, &device, cancel)?;
-        let model = &base.model;
         let rank = hp.lora_rank as usize;
         let lora = Lora::new(
             &model.config,
@@ -434,7 +537,7 @@ pub fn adapter_config(base_model: &str, rank: usize, alpha: u32, dropout: f64) -
 
 fn write_adapter(
     spec: &TrainingSpec,
-    base: &base::BaseModel,
+    base: &Base,
     lora: &Lora,
     dropout: f64,
     max_len: usize,
@@ -452,16 +555,21 @@ fn write_adapter(
         .map_err(|e| CandleError::Failed(format!("writing {ADAPTER_WEIGHTS}: {e}")))?;
     files.push(weights);
 
-    let base_dir = base.dir.to_string_lossy().into_owned();
+    let base_dir = base.dir().to_string_lossy().into_owned();
     let config_path = dir.join(ADAPTER_CONFIG);
-    let config = adapter_config(&base_dir, hp.lora_rank as usize, hp.lora_alpha, dropout);
+    let config = adapter_config(
+        &base.adapter_base(),
+        hp.lora_rank as usize,
+        hp.lora_alpha,
+        dropout,
+    );
     write_json(&config_path, &config)?;
     files.push(config_path);
-    files.extend(write_tokenizer_files(dir, max_len)?);
+    files.extend(base.write_tokenizer_files(dir, max_len)?);
 
-    let probe = [encode_conversation(&probe_conversation(), max_len)];
-    let base_loss = evaluate(&base.model, None, &probe, 1, device, cancel)?;
-    let adapted_loss = evaluate(&base.model, Some(lora), &probe, 1, device, cancel)?;
+    let probe = [base.encode(&probe_conversation(), max_len)?];
+    let base_loss = evaluate(base.model(), None, &probe, 1, device, cancel)?;
+    let adapted_loss = evaluate(base.model(), Some(lora), &probe, 1, device, cancel)?;
     let info_path = dir.join(RUN_INFO);
     write_json(
         &info_path,
@@ -470,9 +578,9 @@ fn write_adapter(
             "job_id": spec.job_id,
             "attempt": spec.attempt,
             "requested_base_model": hp.base_model,
-            "base_model": "brightrun tiny byte-level llama",
+            "base_model": base.name(),
             "base_model_dir": base_dir,
-            "base_model_fingerprint": format!("{:016x}", base.fingerprint),
+            "base_model_fingerprint": format!("{:016x}", base.fingerprint()),
             "max_seq_len": max_len,
             "probe": {
                 "messages": probe_conversation().iter().map(|t| json!({
@@ -480,6 +588,7 @@ fn write_adapter(
                     "content": t.content,
                 })).collect::<Vec<_>>(),
                 "ids": probe[0].ids,
+                "trainable": probe[0].trainable,
                 "base_loss": base_loss,
                 "adapted_loss": adapted_loss,
             },

@@ -1,7 +1,9 @@
-//! A tiny Llama (RMSNorm, rotary embeddings as Hugging Face's `rotate_half`, SwiGLU MLP, untied
-//! LM head) whose tensors carry Hugging Face `LlamaForCausalLM` names and layouts, so the same
-//! weights load in `transformers` and the LoRA adapter in `peft`. Only ops with a backward pass
-//! are used (the fused ops of [`super::kernels`], a hand-written rotary).
+//! A Llama (RMSNorm, rotary embeddings as Hugging Face's `rotate_half`, SwiGLU MLP, grouped-query
+//! attention, LM head tied to the embeddings or not) whose tensors carry Hugging Face
+//! `LlamaForCausalLM` names and layouts, so the same weights load in `transformers` and the LoRA
+//! adapter in `peft`. Only ops with a backward pass are used (the fused ops of
+//! [`super::kernels`], a hand-written rotary). The built-in base is a tiny byte-level instance;
+//! [`super::gguf`] loads a real one (SmolLM2).
 
 use std::collections::HashMap;
 
@@ -11,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::kernels::{causal_mask, masked_softmax, nll_rows, rms_norm, swiglu};
 use super::rng::Rng;
-use super::tokenizer::{BOS, END, PAD, VOCAB_SIZE};
+use super::tokenizer::{BOS, END, PAD};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -23,6 +25,12 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     pub rope_theta: f64,
     pub rms_norm_eps: f64,
+    /// Key/value heads (grouped-query attention); `None`: one per query head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_kv_heads: Option<usize>,
+    /// The LM head is the embedding matrix (no `lm_head.weight` of its own).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tie_word_embeddings: bool,
 }
 
 impl ModelConfig {
@@ -30,12 +38,24 @@ impl ModelConfig {
         self.hidden_size / self.num_heads
     }
 
+    pub fn kv_heads(&self) -> usize {
+        self.num_kv_heads.unwrap_or(self.num_heads)
+    }
+
+    /// Output width of the k and v projections.
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads() * self.head_dim()
+    }
+
     pub fn check(&self) -> std::result::Result<(), String> {
-        if self.vocab_size != VOCAB_SIZE {
-            return Err(format!("vocab_size must be {VOCAB_SIZE}"));
+        if self.vocab_size == 0 {
+            return Err("vocab_size must be positive".into());
         }
         if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err("hidden_size must be a multiple of num_heads".into());
+        }
+        if self.kv_heads() == 0 || !self.num_heads.is_multiple_of(self.kv_heads()) {
+            return Err("num_heads must be a multiple of num_kv_heads".into());
         }
         if !self.head_dim().is_multiple_of(2) {
             return Err("head_dim must be even (rotary embeddings)".into());
@@ -56,7 +76,7 @@ impl ModelConfig {
             "intermediate_size": self.intermediate_size,
             "num_hidden_layers": self.num_layers,
             "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_heads,
+            "num_key_value_heads": self.kv_heads(),
             "head_dim": self.head_dim(),
             "hidden_act": "silu",
             "max_position_embeddings": self.max_position_embeddings,
@@ -66,7 +86,7 @@ impl ModelConfig {
             "attention_bias": false,
             "attention_dropout": 0.0,
             "mlp_bias": false,
-            "tie_word_embeddings": false,
+            "tie_word_embeddings": self.tie_word_embeddings,
             "initializer_range": 0.02,
             "bos_token_id": BOS,
             "eos_token_id": END,
@@ -79,11 +99,12 @@ impl ModelConfig {
     /// Every base tensor: Hugging Face name and shape.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let kv = self.kv_dim();
         let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
         for l in 0..self.num_layers {
             let p = format!("model.layers.{l}");
-            for proj in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-                out.push((format!("{p}.self_attn.{proj}.weight"), vec![h, h]));
+            for (proj, rows) in [("q_proj", h), ("k_proj", kv), ("v_proj", kv), ("o_proj", h)] {
+                out.push((format!("{p}.self_attn.{proj}.weight"), vec![rows, h]));
             }
             out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
             out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
@@ -92,7 +113,9 @@ impl ModelConfig {
             out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
         }
         out.push(("model.norm.weight".to_string(), vec![h]));
-        out.push(("lm_head.weight".to_string(), vec![v, h]));
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![v, h]));
+        }
         out
     }
 }
@@ -157,18 +180,18 @@ impl Lora {
         let mut rng = Rng::new(seed);
         let h = config.hidden_size;
         let bound = 1.0 / (h as f32).sqrt();
-        let pair = |rng: &mut Rng| -> Result<LoraPair> {
+        let pair = |rng: &mut Rng, out: usize| -> Result<LoraPair> {
             let a = Tensor::from_vec(rng.uniform_vec(rank * h, bound), (rank, h), device)?;
             Ok(LoraPair {
                 a: Var::from_tensor(&a)?,
-                b: Var::zeros((h, rank), DType::F32, device)?,
+                b: Var::zeros((out, rank), DType::F32, device)?,
             })
         };
         let layers = (0..config.num_layers)
             .map(|_| {
                 Ok(LoraLayer {
-                    q: pair(&mut rng)?,
-                    v: pair(&mut rng)?,
+                    q: pair(&mut rng, h)?,
+                    v: pair(&mut rng, config.kv_dim())?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -267,10 +290,15 @@ impl Model {
                 }
             })
             .collect();
+        let embed = get("model.embed_tokens.weight");
         Ok(Self {
-            embed: get("model.embed_tokens.weight"),
+            lm_head: if config.tie_word_embeddings {
+                embed.clone()
+            } else {
+                get("lm_head.weight")
+            },
+            embed,
             norm: get("model.norm.weight"),
-            lm_head: get("lm_head.weight"),
             layers,
             config,
         })
@@ -312,6 +340,7 @@ impl Model {
         let device = ids.device();
         let c = &self.config;
         let (h, nh, hd) = (c.hidden_size, c.num_heads, c.head_dim());
+        let (nkv, group) = (c.kv_heads(), c.num_heads / c.kv_heads());
         let eps = c.rms_norm_eps;
         let (cos, sin) = self.rotary(t, device)?;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -328,12 +357,12 @@ impl Model {
                 q = (q + lora_delta(&xn, &ll.q, lora, lora_rng.as_deref_mut())?)?;
                 v = (v + lora_delta(&xn, &ll.v, lora, lora_rng.as_deref_mut())?)?;
             }
-            let heads = |x: Tensor| -> Result<Tensor> {
-                x.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()
+            let heads = |x: Tensor, n: usize| -> Result<Tensor> {
+                x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
             };
-            let q = rope(&heads(q)?, &cos, &sin)?;
-            let k = rope(&heads(k)?, &cos, &sin)?;
-            let v = heads(v)?;
+            let q = rope(&heads(q, nh)?, &cos, &sin)?;
+            let k = repeat_kv(rope(&heads(k, nkv)?, &cos, &sin)?, group)?;
+            let v = repeat_kv(heads(v, nkv)?, group)?;
             let att = masked_softmax(&q.matmul(&k.t()?)?, scale, &mask)?;
             let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
             x = (x + linear(&y, &layer.o)?)?;
@@ -371,6 +400,19 @@ fn lora_delta(x: &Tensor, pair: &LoraPair, lora: &Lora, rng: Option<&mut Rng>) -
         _ => x.clone(),
     };
     linear(&linear(&x, pair.a.as_tensor())?, pair.b.as_tensor())? * lora.scale
+}
+
+/// Grouped-query attention as Hugging Face's `repeat_kv`: `[b, kv, t, d]` → `[b, kv·group, t, d]`,
+/// query head `i` reading kv head `i / group`.
+fn repeat_kv(x: Tensor, group: usize) -> Result<Tensor> {
+    if group == 1 {
+        return Ok(x);
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, group, t, d))?
+        .contiguous()?
+        .reshape((b, kv * group, t, d))
 }
 
 /// `x·cos + rotate_half(x)·sin`, `rotate_half(x) = cat(-x₂, x₁)`; x `[b, h, t, d]`.

@@ -71,7 +71,7 @@ pub fn encode_conversation(turns: &[Turn], max_len: usize) -> Encoded {
 }
 
 /// The GPT-2 byte ↔ printable-character map that Hugging Face's ByteLevel pre-tokenizer uses.
-fn bytes_to_unicode() -> Vec<char> {
+pub fn bytes_to_unicode() -> Vec<char> {
     let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
     let mut next = 256u32;
     (0u32..256)
