@@ -603,6 +603,14 @@ async fn jobs(ctx: &Context, out: &Output, cmd: JobsCommand) -> Result<()> {
                 .create_training_job(&input)
                 .await
                 .context("creating the training job")?;
+            let total_steps = job.total_steps.and_then(|n| u64::try_from(n).ok());
+            if let Some(warning) = total_steps.and_then(|n| job.hyperparameters.schedule_warning(n))
+            {
+                eprintln!(
+                    "warning: {warning}. To change it: brightrun jobs cancel {}, then create it again with --warmup-steps.",
+                    job.id
+                );
+            }
             out.value(&job, || output::job(&job));
         }
         JobsCommand::List => {

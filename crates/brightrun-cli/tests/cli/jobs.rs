@@ -466,3 +466,47 @@ async fn a_closed_pipe_ends_the_cli_quietly() {
     );
     assert!(!output.contains("panicked"), "no panic message: {output}");
 }
+
+#[tokio::test]
+async fn a_warmup_longer_than_the_run_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = mint_user(stack(), "cli-warmup").await;
+    let dataset = ready_dataset(&user).await;
+    // 90 training pairs, batch 4, 3 epochs: 69 steps; the conservative preset warms up for 100.
+    let spec = [
+        "--dataset",
+        &dataset,
+        "--gpu",
+        "A100-80GB",
+        "--preset",
+        "conservative",
+    ];
+    let (status, job, output) = run(
+        &user,
+        dir.path(),
+        &[&["jobs", "create", "--json"][..], &spec].concat(),
+    )
+    .await;
+    assert!(status.success(), "the job is still created: {output}");
+    assert_eq!(job["total_steps"], 69, "as planned by the server: {output}");
+    assert!(
+        output.contains("warning: warmup_steps 100 is at least the whole run (69 steps)")
+            && output.contains(&format!(
+                "brightrun jobs cancel {}",
+                job["id"].as_str().unwrap_or("?")
+            )),
+        "says so, and how to fix it: {output}"
+    );
+
+    let (status, _, output) = run(
+        &user,
+        dir.path(),
+        &[&["jobs", "create"][..], &spec, &["--warmup-steps", "7"]].concat(),
+    )
+    .await;
+    assert!(status.success(), "{output}");
+    assert!(
+        !output.contains("warning:"),
+        "no warning for a short warm-up: {output}"
+    );
+}

@@ -380,3 +380,29 @@ fn context_lengths_are_per_model() {
         "unknown models are not guessed"
     );
 }
+
+#[test]
+fn a_warmup_as_long_as_the_run_is_flagged() {
+    let mut hp: brightrun_core::HyperparameterConfig =
+        serde_json::from_value(hyperparameters()).expect("config");
+    hp.warmup_steps = Some(100);
+    let warning = hp.schedule_warning(69).expect("100 warm-up steps of 69");
+    assert!(
+        warning.contains("warmup_steps 100")
+            && warning.contains("69 steps")
+            && warning.contains("(6 steps)"),
+        "says what and suggests 10 %: {warning}"
+    );
+    assert_eq!(
+        hp.schedule_warning(69).is_some(),
+        hp.schedule_warning(100).is_some(),
+        "equal counts too"
+    );
+    assert_eq!(
+        hp.schedule_warning(101),
+        None,
+        "a warm-up shorter than the run is fine"
+    );
+    hp.warmup_steps = None;
+    assert_eq!(hp.schedule_warning(10), None, "no warm-up, nothing to say");
+}
