@@ -170,14 +170,27 @@ async fn main() -> Result<()> {
 
     let ms = Duration::from_millis;
     let backend = match args.backend {
-        BackendName::Candle => Backend::Local(Arc::new(CandleBackend::with_options(
-            args.cache_dir
-                .unwrap_or_else(|| work_dir.join("candle-cache")),
-            CandleOptions {
-                gguf: args.base_gguf,
-                ..CandleOptions::default()
-            },
-        ))),
+        BackendName::Candle => {
+            let candle = Arc::new(CandleBackend::with_options(
+                args.cache_dir
+                    .unwrap_or_else(|| work_dir.join("candle-cache")),
+                CandleOptions {
+                    gguf: args.base_gguf.clone(),
+                    ..CandleOptions::default()
+                },
+            ));
+            // A base model given by file is checked (and cached) before the first claim: a
+            // wrong path is the operator's mistake, not a reason to fail users' jobs.
+            if let Some(path) = args.base_gguf {
+                let prepared = candle.clone();
+                tokio::task::spawn_blocking(move || {
+                    prepared.prepare_base_model(&std::sync::atomic::AtomicBool::new(false))
+                })
+                .await?
+                .with_context(|| format!("cannot use {} as the base model", path.display()))?;
+            }
+            Backend::Local(candle)
+        }
         BackendName::Scripted => Backend::Local(Arc::new(ScriptedBackend {
             total_steps: args.scripted_steps,
             step_time: ms(args.scripted_step_ms),

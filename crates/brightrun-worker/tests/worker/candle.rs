@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use brightrun_core::model::{DatasetFormat, HyperparameterConfig};
 use brightrun_worker::dataset::parse_training_data;
 use brightrun_worker::trainer::candle::base::{BaseModelSpec, load_or_build};
+use brightrun_worker::trainer::candle::optim::Batch;
 use brightrun_worker::trainer::candle::tokenizer::encode_conversation;
 use brightrun_worker::trainer::candle::{CandleBackend, CandleOptions, evaluate};
 use brightrun_worker::trainer::{
@@ -729,4 +730,57 @@ fn grouped_query_attention_with_tied_embeddings_trains_and_sizes_v_by_the_kv_hea
         "the HF config says GQA: {config}"
     );
     assert_eq!(config["tie_word_embeddings"], true, "and tied embeddings");
+}
+
+#[test]
+fn the_loss_on_loss_rows_only_equals_the_masked_loss_over_all_logits() {
+    let cancel = AtomicBool::new(false);
+    let base = load_or_build(
+        &BaseModelSpec::tiny(),
+        &shared_cache(),
+        &Device::Cpu,
+        &cancel,
+    )
+    .expect("tiny base");
+    let (train, _) = demo_dataset();
+    let encoded: Vec<_> = train[..3]
+        .iter()
+        .map(|c| encode_conversation(c, 384))
+        .collect();
+    let batch = Batch::new(&encoded.iter().collect::<Vec<_>>(), &Device::Cpu).expect("batch");
+    let fast: f32 = base
+        .model
+        .nll_sum(&batch, None, None)
+        .expect("nll")
+        .to_scalar()
+        .expect("scalar");
+    // Reference: every position through the LM head, log-softmax, pick the target, mask, sum.
+    let logits = base
+        .model
+        .forward(&batch.inputs, None, None)
+        .expect("logits");
+    let (b, t, v) = logits.dims3().expect("dims");
+    let lsm = candle_nn::ops::log_softmax(&logits.reshape((b * t, v)).expect("rows"), 1)
+        .expect("log-softmax");
+    let picked = lsm
+        .gather(&batch.targets.reshape((b * t, 1)).expect("targets"), 1)
+        .expect("gather")
+        .reshape(b * t)
+        .expect("flat");
+    let reference: f32 = (picked * batch.mask.reshape(b * t).expect("mask"))
+        .expect("mask")
+        .sum_all()
+        .expect("sum")
+        .neg()
+        .expect("neg")
+        .to_scalar()
+        .expect("scalar");
+    assert!(
+        batch.target_count > 0 && batch.target_count < b * t,
+        "a partial mask"
+    );
+    assert!(
+        (fast - reference).abs() < 1e-3 * reference.abs(),
+        "same loss: {fast} vs {reference}"
+    );
 }

@@ -766,3 +766,28 @@ async fn the_fake_remote_provider_runs_a_job_and_a_restarted_worker_reattaches()
     assert_eq!(distinct, 30, "replayed events give every step once");
     check_artifacts(&pool, job, 2).await;
 }
+
+#[tokio::test]
+async fn a_worker_whose_base_model_file_is_unusable_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bogus = dir.path().join("not-a-model.gguf");
+    std::fs::write(&bogus, b"GGUF? no: a text file").expect("write");
+    let bogus = bogus.to_str().expect("utf-8").to_owned();
+    // Confined to a user nobody else has: should it start after all, it takes no one's jobs.
+    let mut w = WorkerProcess::start(
+        dir.path(),
+        &[Uuid::new_v4()],
+        &["--backend", "candle", "--base-gguf", &bogus],
+    );
+    let status = wait_for("the worker to exit", MINUTE, || {
+        let exited = w.child.try_wait().ok().flatten();
+        async move { exited }
+    })
+    .await;
+    assert!(!status.success(), "it exits with an error");
+    let log = w.log_text();
+    assert!(
+        log.contains("cannot use") && log.contains("not-a-model.gguf") && log.contains("GGUF"),
+        "and says which file and why:\n{log}"
+    );
+}

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::model::{Model, ModelConfig, init_weights, masked_nll_sum};
+use super::model::{Model, ModelConfig, init_weights};
 use super::optim::{AdamW, Batch, clip_grad_norm, learning_rate};
 use super::rng::{Rng, fingerprint};
 use super::tokenizer::{Encoded, VOCAB_SIZE};
@@ -188,9 +188,7 @@ fn pretrain(
             })
             .collect();
         let batch = Batch::new(&examples.iter().collect::<Vec<_>>(), device)?;
-        let logits = model.forward(&batch.inputs, None, None)?;
-        let loss =
-            (masked_nll_sum(&logits, &batch.targets, &batch.mask)? / batch.target_count as f64)?;
+        let loss = (model.nll_sum(&batch, None, None)? / batch.target_count as f64)?;
         let grads = loss.backward()?;
         let mut g = opt
             .vars()

@@ -42,7 +42,7 @@ use candle_core::{Device, Tensor};
 use serde_json::{Value, json};
 
 use self::base::{BaseModelSpec, write_json};
-use self::model::{Lora, Model, masked_nll_sum};
+use self::model::{Lora, Model};
 use self::optim::{AdamW, Batch, clip_grad_norm, learning_rate};
 use self::rng::Rng;
 use self::tokenizer::{Encoded, encode_conversation};
@@ -378,8 +378,7 @@ impl CandleBackend {
                     if cancel.load(Ordering::Relaxed) {
                         return Err(CandleError::Cancelled);
                     }
-                    let logits = model.forward(&batch.inputs, Some(&lora), Some(&mut rng))?;
-                    let nll = masked_nll_sum(&logits, &batch.targets, &batch.mask)?;
+                    let nll = model.nll_sum(batch, Some(&lora), Some(&mut rng))?;
                     loss_sum += f64::from(nll.to_scalar::<f32>()?);
                     let store = (nll / step_targets as f64)?.backward()?;
                     let micro_grads = opt
@@ -467,8 +466,7 @@ pub fn evaluate(
             return Err(CandleError::Cancelled);
         }
         let batch = Batch::new(&chunk.iter().collect::<Vec<_>>(), device)?;
-        let logits = model.forward(&batch.inputs, lora, None)?;
-        sum += f64::from(masked_nll_sum(&logits, &batch.targets, &batch.mask)?.to_scalar::<f32>()?);
+        sum += f64::from(model.nll_sum(&batch, lora, None)?.to_scalar::<f32>()?);
         count += batch.target_count;
     }
     Ok(sum / count.max(1) as f64)

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::kernels::{causal_mask, masked_softmax, nll_rows, rms_norm, swiglu};
+use super::optim::Batch;
 use super::rng::Rng;
 use super::tokenizer::{BOS, END, PAD};
 
@@ -334,6 +335,35 @@ impl Model {
         &self,
         ids: &Tensor,
         lora: Option<&Lora>,
+        lora_rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let x = self.hidden(ids, lora, lora_rng)?;
+        linear(&x, &self.lm_head)?.reshape((b, t, self.config.vocab_size))
+    }
+
+    /// The summed negative log-likelihood of `batch`'s loss targets (callers divide). Only the
+    /// loss rows go through the LM head and the softmax: with a 49k vocabulary and half the
+    /// positions being prompt or padding, that is most of the logits' time and memory.
+    pub fn nll_sum(
+        &self,
+        batch: &Batch,
+        lora: Option<&Lora>,
+        lora_rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        if batch.target_count == 0 {
+            return Tensor::zeros((), DType::F32, batch.inputs.device());
+        }
+        let x = self.hidden(&batch.inputs, lora, lora_rng)?;
+        let rows = x.index_select(&batch.loss_rows, 0)?;
+        nll_rows(&linear(&rows, &self.lm_head)?, &batch.loss_targets)?.sum_all()
+    }
+
+    /// The final (normed) hidden states `[b·t, hidden]`.
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        lora: Option<&Lora>,
         mut lora_rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
@@ -370,8 +400,7 @@ impl Model {
             let mlp = swiglu(&linear(&xn, &layer.gate)?, &linear(&xn, &layer.up)?)?;
             x = (x + linear(&mlp, &layer.down)?)?;
         }
-        let x = rms_norm(&x, &self.norm, eps)?;
-        linear(&x, &self.lm_head)?.reshape((b, t, c.vocab_size))
+        rms_norm(&x, &self.norm, eps)
     }
 }
 
@@ -422,13 +451,4 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
-}
-
-/// Mean negative log-likelihood of `targets [b, t]` (u32) under `logits [b, t, v]`, over the
-/// positions where `mask [b, t]` (f32, 0/1) is 1, summed (callers divide, so micro-batches can be
-/// weighted by tokens).
-pub fn masked_nll_sum(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let (b, t, v) = logits.dims3()?;
-    let rows = nll_rows(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)?;
-    (rows * mask.reshape(b * t)?)?.sum_all()
 }

@@ -10,6 +10,10 @@ pub struct Batch {
     pub inputs: Tensor,
     pub targets: Tensor,
     pub mask: Tensor,
+    /// Rows of the flattened `[b·t]` positions whose target carries the loss, and those
+    /// targets: the LM head and the softmax only run there.
+    pub loss_rows: Tensor,
+    pub loss_targets: Tensor,
     /// Targets that carry the loss.
     pub target_count: usize,
     /// Input ids that are not padding (throughput is counted in these).
@@ -29,6 +33,7 @@ impl Batch {
         let mut inputs = vec![PAD; n * width];
         let mut targets = vec![PAD; n * width];
         let mut mask = vec![0f32; n * width];
+        let (mut loss_rows, mut loss_targets) = (Vec::new(), Vec::new());
         let (mut target_count, mut token_count) = (0, 0);
         for (row, e) in examples.iter().enumerate() {
             for pos in 0..e.ids.len().saturating_sub(1) {
@@ -39,6 +44,8 @@ impl Batch {
                 if e.trainable[pos + 1] {
                     mask[at] = 1.0;
                     target_count += 1;
+                    loss_rows.push(at as u32);
+                    loss_targets.push(e.ids[pos + 1]);
                 }
             }
         }
@@ -46,6 +53,8 @@ impl Batch {
             inputs: Tensor::from_vec(inputs, (n, width), device)?,
             targets: Tensor::from_vec(targets, (n, width), device)?,
             mask: Tensor::from_vec(mask, (n, width), device)?,
+            loss_rows: Tensor::from_vec(loss_rows, target_count, device)?,
+            loss_targets: Tensor::from_vec(loss_targets, target_count, device)?,
             target_count,
             token_count,
         })
