@@ -230,8 +230,8 @@ pub struct HyperparameterProblem {
 
 impl HyperparameterConfig {
     /// Settings that are allowed but defeat themselves on a run of `total_steps` optimizer
-    /// steps: a warm-up as long as the run never reaches the learning rate asked for (the
-    /// spec's presets warm up for 100–500 steps; a small dataset trains for far fewer).
+    /// steps: a warm-up as long as the run trains below the learning rate asked for all along
+    /// (the spec's presets warm up for 100–500 steps; a small dataset trains for far fewer).
     pub fn schedule_warning(&self, total_steps: u64) -> Option<String> {
         let warmup = u64::from(self.warmup_steps.unwrap_or(0));
         if total_steps == 0 || warmup < total_steps {
@@ -240,7 +240,8 @@ impl HyperparameterConfig {
         let suggested = (total_steps / 10).max(1);
         Some(format!(
             "warmup_steps {warmup} is at least the whole run ({total_steps} steps): the learning \
-             rate never reaches {}; about 10 % of the run ({suggested} steps) is usual",
+             rate reaches {} only at the very end, if at all; about 10 % of the run \
+             ({suggested} steps) is usual",
             self.learning_rate
         ))
     }
