@@ -52,7 +52,43 @@ struct UploadInfo {
 #[derive(Debug)]
 pub struct Uploads {
     dir: PathBuf,
-    writers: Mutex<HashMap<uuid::Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    writers: Mutex<HashMap<uuid::Uuid, Arc<WriterSlot>>>,
+}
+
+/// One upload's writer lock, as storage-api's postgres locker behaves: a request that finds it
+/// held asks the holder to let go (the holder stops reading, keeps the bytes it has and answers
+/// 400 `Request aborted due to lock acquired`), then waits for it up to
+/// [`LOCK_ACQUIRE_TIMEOUT`] (else 503 `acquiring lock timeout`). So a client resuming after a
+/// cut connection takes over at once from the request the server has not yet seen die.
+#[derive(Debug, Default)]
+struct WriterSlot {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    release_requested: std::sync::atomic::AtomicBool,
+    released: tokio::sync::Notify,
+}
+
+const LOCK_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Held while a request writes to (or finishes, or removes) an upload.
+pub struct WriterGuard {
+    _lock: tokio::sync::OwnedMutexGuard<()>,
+    slot: Arc<WriterSlot>,
+}
+
+impl WriterGuard {
+    /// Completes when another request asks for this upload.
+    async fn release_requested(&self) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let notified = self.slot.released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.slot.release_requested.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Uploads {
@@ -92,14 +128,28 @@ impl Uploads {
         let _ = tokio::fs::remove_file(self.info_path(id)).await;
     }
 
-    /// The single-writer lock of an upload; `None` while another request writes to it.
-    fn try_lock(&self, id: uuid::Uuid) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        let lock = {
+    /// The single-writer lock of an upload, taken over from a current holder if there is one.
+    async fn lock(&self, id: uuid::Uuid) -> Result<WriterGuard> {
+        use std::sync::atomic::Ordering;
+        let slot = {
             let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
-            writers.retain(|_, l| Arc::strong_count(l) > 1 || l.try_lock().is_err());
+            writers.retain(|_, s| Arc::strong_count(s) > 1 || s.lock.try_lock().is_err());
             writers.entry(id).or_default().clone()
         };
-        lock.try_lock_owned().ok()
+        let lock = match slot.lock.clone().try_lock_owned() {
+            Ok(lock) => lock,
+            Err(_) => {
+                slot.release_requested.store(true, Ordering::SeqCst);
+                slot.released.notify_waiters();
+                tokio::time::timeout(LOCK_ACQUIRE_TIMEOUT, slot.lock.clone().lock_owned())
+                    .await
+                    .map_err(|_| {
+                        TusError::new(StatusCode::SERVICE_UNAVAILABLE, "acquiring lock timeout")
+                    })?
+            }
+        };
+        slot.release_requested.store(false, Ordering::SeqCst);
+        Ok(WriterGuard { _lock: lock, slot })
     }
 
     /// Removes uploads older than `expiry` (unfinished ones can no longer be resumed).
@@ -482,10 +532,8 @@ async fn create(
     let with_data = header_str(headers, "content-type") == Some(OCTET_STREAM);
     let mut response = StatusCode::CREATED.into_response();
     if with_data {
-        let _guard = uploads.try_lock(id).ok_or_else(|| {
-            TusError::new(StatusCode::CONFLICT, "Upload is locked by another request")
-        })?;
-        let offset = append(state, id, &info, 0, body).await?;
+        let guard = uploads.lock(id).await?;
+        let offset = append(state, id, &info, 0, body, &guard).await?;
         response
             .headers_mut()
             .insert("upload-offset", offset.into());
@@ -517,9 +565,7 @@ async fn head(state: &AppState, id: uuid::Uuid, info: UploadInfo) -> Result<Resp
         // All bytes arrived but the stack stopped before the object was written: finish now, so
         // a client that sees the full offset finds the object.
         if offset == info.length {
-            let _guard = uploads.try_lock(id).ok_or_else(|| {
-                TusError::new(StatusCode::CONFLICT, "Upload is locked by another request")
-            })?;
+            let _guard = uploads.lock(id).await?;
             finish(state, id, info.clone()).await?;
         }
         offset
@@ -570,10 +616,9 @@ async fn patch(
         .await?;
     }
     let uploads = &state.storage().uploads;
-    // One writer per upload: a second concurrent PATCH is refused, never interleaved.
-    let _guard = uploads
-        .try_lock(id)
-        .ok_or_else(|| TusError::new(StatusCode::CONFLICT, "Upload-Offset conflict"))?;
+    // One writer per upload: a second PATCH takes over from the first (which stops where it
+    // is), then meets the offset check like any other; writes never interleave.
+    let guard = uploads.lock(id).await?;
     if info.completed {
         return Err(TusError::new(
             StatusCode::CONFLICT,
@@ -595,7 +640,7 @@ async fn patch(
             "upload's size exceeded",
         ));
     }
-    let new_offset = append(state, id, &info, offset, body).await?;
+    let new_offset = append(state, id, &info, offset, body, &guard).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
@@ -618,6 +663,7 @@ async fn append(
     info: &UploadInfo,
     offset: u64,
     body: Body,
+    guard: &WriterGuard,
 ) -> Result<u64> {
     let path = state.storage().uploads.data_path(id);
     let mut file = tokio::fs::OpenOptions::new()
@@ -627,7 +673,22 @@ async fn append(
     let mut stream = body.into_data_stream();
     let mut written = offset;
     let mut outcome = Ok(());
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = guard.release_requested() => {
+                // Another request takes over; what arrived so far stays.
+                outcome = Err(TusError::new(
+                    StatusCode::BAD_REQUEST,
+                    "Request aborted due to lock acquired",
+                ));
+                break;
+            }
+            next = stream.next() => next,
+        };
+        let Some(chunk) = next else {
+            break;
+        };
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
@@ -636,21 +697,18 @@ async fn append(
             }
         };
         if written + chunk.len() as u64 > info.length {
-            outcome = Err(TusError::new(
+            file.set_len(offset).await?;
+            file.sync_all().await?;
+            return Err(TusError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "upload's size exceeded",
             ));
-            break;
         }
         file.write_all(&chunk).await?;
         written += chunk.len() as u64;
     }
-    if outcome.is_err() {
-        file.set_len(offset).await?;
-        written = offset;
-    }
     file.sync_all().await?;
-    outcome.map(|_| written)
+    outcome.map(|()| written)
 }
 
 /// The last byte landed: hash, move into place, write the row, remember completion.
@@ -716,9 +774,7 @@ async fn terminate(
         ));
     }
     let uploads = &state.storage().uploads;
-    let _guard = uploads.try_lock(id).ok_or_else(|| {
-        TusError::new(StatusCode::CONFLICT, "Upload is locked by another request")
-    })?;
+    let _guard = uploads.lock(id).await?;
     uploads.remove(id).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
