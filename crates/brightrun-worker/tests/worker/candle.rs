@@ -7,13 +7,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use brightrun_core::model::{DatasetFormat, HyperparameterConfig};
 use brightrun_worker::dataset::parse_training_data;
 use brightrun_worker::trainer::candle::base::{BaseModelSpec, load_or_build};
+use brightrun_worker::trainer::candle::model::Lora;
 use brightrun_worker::trainer::candle::optim::Batch;
+use brightrun_worker::trainer::candle::rng::Rng;
 use brightrun_worker::trainer::candle::tokenizer::encode_conversation;
 use brightrun_worker::trainer::candle::{CandleBackend, CandleOptions, evaluate};
 use brightrun_worker::trainer::{
     Role, Stage, TrainedAdapter, TrainerBackend, TrainerError, TrainerEvent, TrainingSpec, Turn,
 };
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 /// Base models are deterministic, so every test (and every nextest process) can share one cache.
 fn shared_cache() -> PathBuf {
@@ -783,4 +785,89 @@ fn the_loss_on_loss_rows_only_equals_the_masked_loss_over_all_logits() {
         (fast - reference).abs() < 1e-3 * reference.abs(),
         "same loss: {fast} vs {reference}"
     );
+}
+
+#[test]
+fn checkpointed_gradients_are_the_plain_gradients() {
+    // GQA, tied embeddings, dropout on: every path the checkpointed pass replays.
+    let mut spec = BaseModelSpec::tiny();
+    spec.model.num_heads = 4;
+    spec.model.num_kv_heads = Some(2);
+    spec.model.tie_word_embeddings = true;
+    let cancel = AtomicBool::new(false);
+    let base = load_or_build(&spec, &shared_cache(), &Device::Cpu, &cancel).expect("base");
+    let lora = Lora::new(&spec.model, 4, 8.0, 0.1, 3, &Device::Cpu).expect("lora");
+    // B starts at zero, which would zero A's gradients: give it values.
+    for layer in &lora.layers {
+        for pair in [&layer.q, &layer.v] {
+            let b = pair.b.as_tensor();
+            let values = Tensor::randn(0f32, 0.05, b.shape(), &Device::Cpu).expect("randn");
+            pair.b.set(&values).expect("set B");
+        }
+    }
+    let (train, _) = demo_dataset();
+    let encoded: Vec<_> = train[..3]
+        .iter()
+        .map(|c| encode_conversation(c, 96))
+        .filter(|e| e.target_count() > 0)
+        .collect();
+    assert!(!encoded.is_empty(), "some targets within 96 ids");
+    let batch = Batch::new(&encoded.iter().collect::<Vec<_>>(), &Device::Cpu).expect("batch");
+    let divisor = batch.target_count as f64;
+
+    let mut plain_rng = Rng::new(99);
+    let nll = base
+        .model
+        .nll_sum(&batch, Some(&lora), Some(&mut plain_rng))
+        .expect("nll");
+    let plain_loss = f64::from(nll.to_scalar::<f32>().expect("scalar"));
+    let store = (nll / divisor).expect("div").backward().expect("backward");
+    let plain: Vec<Tensor> = lora
+        .vars()
+        .iter()
+        .map(|v| {
+            store
+                .get(v.as_tensor())
+                .expect("a gradient for every LoRA tensor")
+                .clone()
+        })
+        .collect();
+
+    let mut rng = Rng::new(99);
+    let (loss, grads) = base
+        .model
+        .nll_sum_and_grads_checkpointed(&batch, &lora, &mut rng, divisor)
+        .expect("checkpointed");
+    assert!(
+        (loss - plain_loss).abs() < 1e-4 * plain_loss,
+        "{loss} vs {plain_loss}"
+    );
+    assert_eq!(
+        rng.next_u64(),
+        plain_rng.next_u64(),
+        "the same dropout draws were used (and no more)"
+    );
+    assert_eq!(grads.len(), plain.len());
+    for (i, (a, b)) in grads.iter().zip(&plain).enumerate() {
+        let diff: f32 = (a - b)
+            .expect("sub")
+            .abs()
+            .expect("abs")
+            .max_all()
+            .expect("max")
+            .to_scalar()
+            .expect("s");
+        let size: f32 = b
+            .abs()
+            .expect("abs")
+            .max_all()
+            .expect("max")
+            .to_scalar()
+            .expect("s");
+        assert!(size > 0.0, "tensor {i} has a gradient");
+        assert!(
+            diff <= 1e-4 * size,
+            "tensor {i}: max diff {diff} of max {size}"
+        );
+    }
 }

@@ -73,6 +73,10 @@ pub struct CandleOptions {
     /// Train on this GGUF llama model (e.g. SmolLM2-135M-Instruct) instead of the built-in
     /// byte-level base; see [`gguf`].
     pub gguf: Option<PathBuf>,
+    /// Recompute each layer in the backward pass instead of keeping every intermediate
+    /// ([`Model::nll_sum_and_grads_checkpointed`]); same numbers, less memory, ~⅓ more compute.
+    /// `None`: on for GGUF bases (deep), off for the built-in one.
+    pub checkpoint_activations: Option<bool>,
 }
 
 impl Default for CandleOptions {
@@ -83,6 +87,7 @@ impl Default for CandleOptions {
             threads: 1,
             seed: 42,
             gguf: None,
+            checkpoint_activations: None,
         }
     }
 }
@@ -307,6 +312,9 @@ impl CandleBackend {
         let base = self.load_base(&device, cancel)?;
         let model = base.model();
         let max_len = self.max_len(&base);
+        let checkpoint = opts
+            .checkpoint_activations
+            .unwrap_or(matches!(base, Base::Gguf(_)));
         let encode = |set: &[Vec<Turn>]| -> Result<Vec<Encoded>, CandleError> {
             let mut out = Vec::with_capacity(set.len());
             for c in set {
@@ -378,17 +386,27 @@ impl CandleBackend {
                     if cancel.load(Ordering::Relaxed) {
                         return Err(CandleError::Cancelled);
                     }
-                    let nll = model.nll_sum(batch, Some(&lora), Some(&mut rng))?;
-                    loss_sum += f64::from(nll.to_scalar::<f32>()?);
-                    let store = (nll / step_targets as f64)?.backward()?;
-                    let micro_grads = opt
-                        .vars()
-                        .iter()
-                        .map(|v| match store.get(v.as_tensor()) {
-                            Some(g) => Ok(g.clone()),
-                            None => v.zeros_like(),
-                        })
-                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    let micro_grads = if checkpoint {
+                        let (loss, grads) = model.nll_sum_and_grads_checkpointed(
+                            batch,
+                            &lora,
+                            &mut rng,
+                            step_targets as f64,
+                        )?;
+                        loss_sum += loss;
+                        grads
+                    } else {
+                        let nll = model.nll_sum(batch, Some(&lora), Some(&mut rng))?;
+                        loss_sum += f64::from(nll.to_scalar::<f32>()?);
+                        let store = (nll / step_targets as f64)?.backward()?;
+                        opt.vars()
+                            .iter()
+                            .map(|v| match store.get(v.as_tensor()) {
+                                Some(g) => Ok(g.clone()),
+                                None => v.zeros_like(),
+                            })
+                            .collect::<candle_core::Result<Vec<_>>>()?
+                    };
                     grads = Some(match grads {
                         None => micro_grads,
                         Some(acc) => acc

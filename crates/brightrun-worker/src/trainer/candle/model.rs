@@ -366,42 +366,140 @@ impl Model {
         lora: Option<&Lora>,
         mut lora_rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
+        let ctx = self.context(ids)?;
+        let mut x = self.embed.embedding(&ids.flatten_all()?)?; // [b·t, h]
+        for l in 0..self.layers.len() {
+            x = self.block(l, &x, lora, lora_rng.as_deref_mut(), &ctx)?;
+        }
+        rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    fn context(&self, ids: &Tensor) -> Result<Context> {
         let (b, t) = ids.dims2()?;
-        let device = ids.device();
+        let (cos, sin) = self.rotary(t, ids.device())?;
+        Ok(Context {
+            b,
+            t,
+            cos,
+            sin,
+            mask: causal_mask(t, ids.device())?,
+        })
+    }
+
+    /// Decoder layer `l`: `x [b·t, h]` → `[b·t, h]`.
+    fn block(
+        &self,
+        l: usize,
+        x: &Tensor,
+        lora: Option<&Lora>,
+        mut lora_rng: Option<&mut Rng>,
+        ctx: &Context,
+    ) -> Result<Tensor> {
         let c = &self.config;
+        let (b, t) = (ctx.b, ctx.t);
         let (h, nh, hd) = (c.hidden_size, c.num_heads, c.head_dim());
         let (nkv, group) = (c.kv_heads(), c.num_heads / c.kv_heads());
         let eps = c.rms_norm_eps;
-        let (cos, sin) = self.rotary(t, device)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let mask = causal_mask(t, device)?;
-
-        let mut x = self.embed.embedding(&ids.flatten_all()?)?; // [b·t, h]
-        for (l, layer) in self.layers.iter().enumerate() {
-            let xn = rms_norm(&x, &layer.input_norm, eps)?;
-            let mut q = linear(&xn, &layer.q)?;
-            let k = linear(&xn, &layer.k)?;
-            let mut v = linear(&xn, &layer.v)?;
-            if let Some(lora) = lora {
-                let ll = &lora.layers[l];
-                q = (q + lora_delta(&xn, &ll.q, lora, lora_rng.as_deref_mut())?)?;
-                v = (v + lora_delta(&xn, &ll.v, lora, lora_rng.as_deref_mut())?)?;
-            }
-            let heads = |x: Tensor, n: usize| -> Result<Tensor> {
-                x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
-            };
-            let q = rope(&heads(q, nh)?, &cos, &sin)?;
-            let k = repeat_kv(rope(&heads(k, nkv)?, &cos, &sin)?, group)?;
-            let v = repeat_kv(heads(v, nkv)?, group)?;
-            let att = masked_softmax(&q.matmul(&k.t()?)?, scale, &mask)?;
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
-            x = (x + linear(&y, &layer.o)?)?;
-            let xn = rms_norm(&x, &layer.post_norm, eps)?;
-            let mlp = swiglu(&linear(&xn, &layer.gate)?, &linear(&xn, &layer.up)?)?;
-            x = (x + linear(&mlp, &layer.down)?)?;
+        let layer = &self.layers[l];
+        let xn = rms_norm(x, &layer.input_norm, eps)?;
+        let mut q = linear(&xn, &layer.q)?;
+        let k = linear(&xn, &layer.k)?;
+        let mut v = linear(&xn, &layer.v)?;
+        if let Some(lora) = lora {
+            let ll = &lora.layers[l];
+            q = (q + lora_delta(&xn, &ll.q, lora, lora_rng.as_deref_mut())?)?;
+            v = (v + lora_delta(&xn, &ll.v, lora, lora_rng)?)?;
         }
-        rms_norm(&x, &self.norm, eps)
+        let heads = |x: Tensor, n: usize| -> Result<Tensor> {
+            x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let q = rope(&heads(q, nh)?, &ctx.cos, &ctx.sin)?;
+        let k = repeat_kv(rope(&heads(k, nkv)?, &ctx.cos, &ctx.sin)?, group)?;
+        let v = repeat_kv(heads(v, nkv)?, group)?;
+        let att = masked_softmax(&q.matmul(&k.t()?)?, scale, &ctx.mask)?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
+        let x = (x + linear(&y, &layer.o)?)?;
+        let xn = rms_norm(&x, &layer.post_norm, eps)?;
+        let mlp = swiglu(&linear(&xn, &layer.gate)?, &linear(&xn, &layer.up)?)?;
+        x + linear(&mlp, &layer.down)?
     }
+
+    /// [`Model::nll_sum`] and the gradients of `nll / divisor` for `lora.vars()` (in that
+    /// order), with activation checkpointing: the forward pass keeps only each layer's input;
+    /// the backward pass recomputes one layer at a time (with the same dropout masks) and
+    /// pushes the gradient through it. Memory holds one layer's intermediates instead of all
+    /// of them, for one more forward pass of compute; the numbers are those of the plain path.
+    pub fn nll_sum_and_grads_checkpointed(
+        &self,
+        batch: &Batch,
+        lora: &Lora,
+        rng: &mut Rng,
+        divisor: f64,
+    ) -> Result<(f64, Vec<Tensor>)> {
+        let vars = lora.vars();
+        if batch.target_count == 0 {
+            let zeros = vars
+                .iter()
+                .map(|v| v.zeros_like())
+                .collect::<Result<Vec<_>>>()?;
+            return Ok((0.0, zeros));
+        }
+        let ctx = self.context(&batch.inputs)?;
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut rngs = Vec::with_capacity(self.layers.len());
+        let mut x = self.embed.embedding(&batch.inputs.flatten_all()?)?.detach();
+        for l in 0..self.layers.len() {
+            rngs.push(rng.clone());
+            let y = self.block(l, &x, Some(lora), Some(rng), &ctx)?.detach();
+            inputs.push(x);
+            x = y;
+        }
+        let top = Var::from_tensor(&x)?;
+        let hidden = rms_norm(top.as_tensor(), &self.norm, self.config.rms_norm_eps)?;
+        let rows = hidden.index_select(&batch.loss_rows, 0)?;
+        let nll = nll_rows(&linear(&rows, &self.lm_head)?, &batch.loss_targets)?.sum_all()?;
+        let loss = f64::from(nll.to_scalar::<f32>()?);
+        let store = (nll / divisor)?.backward()?;
+        let mut grad = match store.get(top.as_tensor()) {
+            Some(g) => g.clone(),
+            None => top.zeros_like()?,
+        };
+        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+        for l in (0..self.layers.len()).rev() {
+            let input = Var::from_tensor(&inputs[l])?;
+            let mut replay = rngs[l].clone();
+            let y = self.block(l, input.as_tensor(), Some(lora), Some(&mut replay), &ctx)?;
+            // d/dθ Σ(y · g) = (∂y/∂θ)ᵀ g: the layer's share of the loss gradient.
+            let store = (y * &grad)?.sum_all()?.backward()?;
+            let ll = &lora.layers[l];
+            for (i, var) in [&ll.q.a, &ll.q.b, &ll.v.a, &ll.v.b].into_iter().enumerate() {
+                grads[4 * l + i] = store.get(var.as_tensor()).cloned();
+            }
+            grad = match store.get(input.as_tensor()) {
+                Some(g) => g.clone(),
+                None => input.zeros_like()?,
+            };
+        }
+        let grads = grads
+            .into_iter()
+            .zip(&vars)
+            .map(|(g, v)| match g {
+                Some(g) => Ok(g),
+                None => v.zeros_like(),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((loss, grads))
+    }
+}
+
+/// What every layer of one forward pass shares.
+struct Context {
+    b: usize,
+    t: usize,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
 }
 
 fn lora_delta(x: &Tensor, pair: &LoraPair, lora: &Lora, rng: Option<&mut Rng>) -> Result<Tensor> {
