@@ -124,9 +124,37 @@ impl LocalDb {
         replace_all: bool,
         fetched_at: DateTime<Utc>,
     ) -> Result<()> {
+        self.put_claiming(user_id, kind, items, replace_all, fetched_at, &[])
+            .await
+            .map(|_| ())
+    }
+
+    /// [`LocalDb::put`] and, in the same transaction, [`LocalDb::claim_alert`] for every key:
+    /// either the cache and the claims are written, or neither is. Returns whether each key was
+    /// claimed now.
+    async fn put_claiming<'a, T: Serialize + 'a>(
+        &self,
+        user_id: Uuid,
+        kind: CacheKind,
+        items: Vec<(Uuid, DateTime<Utc>, &'a T)>,
+        replace_all: bool,
+        fetched_at: DateTime<Utc>,
+        alert_keys: &[String],
+    ) -> Result<Vec<bool>> {
         let user = user_id.to_string();
         let fetched = text(fetched_at);
         let mut tx = self.pool.begin().await?;
+        let mut claimed = Vec::with_capacity(alert_keys.len());
+        for key in alert_keys {
+            let done = sqlx::query(
+                "insert into alert_dedupe (key, announced_at) values (?, ?) on conflict (key) do nothing",
+            )
+            .bind(key)
+            .bind(&fetched)
+            .execute(&mut *tx)
+            .await?;
+            claimed.push(done.rows_affected() == 1);
+        }
         if replace_all {
             sqlx::query("delete from list_cache where user_id = ? and kind = ?")
                 .bind(&user)
@@ -163,7 +191,7 @@ impl LocalDb {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(claimed)
     }
 
     async fn remove(&self, user_id: Uuid, kind: CacheKind, ids: &[Uuid]) -> Result<()> {
@@ -282,6 +310,28 @@ impl LocalDb {
         let items = changed.iter().map(|j| (j.id, j.updated_at, j)).collect();
         self.put(user_id, CacheKind::Job, items, false, fetched_at)
             .await
+    }
+
+    /// [`LocalDb::merge_jobs`] and the claims of `alert_keys` in one transaction, so a failed
+    /// write loses neither: the watcher raises an alert only when its claim was committed with
+    /// the job version that caused it, and repeats the whole poll otherwise.
+    pub async fn merge_jobs_claiming_alerts(
+        &self,
+        user_id: Uuid,
+        changed: &[TrainingJob],
+        alert_keys: &[String],
+        fetched_at: DateTime<Utc>,
+    ) -> Result<Vec<bool>> {
+        let items = changed.iter().map(|j| (j.id, j.updated_at, j)).collect();
+        self.put_claiming(
+            user_id,
+            CacheKind::Job,
+            items,
+            false,
+            fetched_at,
+            alert_keys,
+        )
+        .await
     }
 
     /// The cached jobs of `user_id`, most recently changed first.

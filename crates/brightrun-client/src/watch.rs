@@ -320,22 +320,29 @@ impl JobWatcher {
             .map(|job| WatchEvent::JobUpdated(Box::new(job.clone())))
             .collect();
         events.extend(metrics);
-        for job in &fresh {
-            // Cancelled is not here: the user did it and needs no alert.
-            if matches!(job.status, JobStatus::Completed | JobStatus::Failed) {
-                let key = alert_key(job.id, &job.status);
-                // Claimed on the first sync too, silently: jobs that ended before the app was
-                // ever opened here are not news, and must not become news later.
-                let claimed = self.db.claim_alert(&key, fetched_at).await?;
-                if claimed && !first_sync {
-                    events.push(WatchEvent::Alert(JobAlert::for_job(job)));
-                }
+        // Cancelled is not here: the user did it and needs no alert.
+        let ended: Vec<&TrainingJob> = fresh
+            .iter()
+            .filter(|job| matches!(job.status, JobStatus::Completed | JobStatus::Failed))
+            .collect();
+        let keys: Vec<String> = ended
+            .iter()
+            .map(|job| alert_key(job.id, &job.status))
+            .collect();
+        // The cache and the alert claims are written together, before anything advances in
+        // memory: if the write fails, the next poll repeats the same window and raises the same
+        // alerts, instead of finding them claimed and never shown.
+        let claimed = self
+            .db
+            .merge_jobs_claiming_alerts(self.user_id, &fresh, &keys, fetched_at)
+            .await?;
+        for (job, claimed) in ended.into_iter().zip(claimed) {
+            // Claimed on the first sync too, silently: jobs that ended before the app was ever
+            // opened here are not news, and must not become news later.
+            if claimed && !first_sync {
+                events.push(WatchEvent::Alert(JobAlert::for_job(job)));
             }
         }
-
-        // Persist before advancing in memory: if the cache write fails, the next poll repeats
-        // the same window instead of losing it (alerts are deduplicated anyway).
-        self.db.merge_jobs(self.user_id, &fresh, fetched_at).await?;
         self.metrics.extend(advanced);
         for job in fresh {
             if job.status.is_terminal() {

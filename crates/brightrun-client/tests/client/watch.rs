@@ -417,3 +417,53 @@ async fn offline_polls_back_off_and_stop_when_nobody_listens() {
         .expect("the watcher stops once nobody listens")
         .expect("no panic");
 }
+
+#[tokio::test]
+async fn a_failed_cache_write_loses_no_alert() {
+    let (user, api) = minted("watch-fail").await;
+    let pg = db().await;
+    let dataset = ready_dataset(&pg, user.id, "Alerted").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = LocalDb::open(&dir.path().join("local.db"))
+        .await
+        .expect("local db");
+    let feed: Arc<dyn JobFeed> = Arc::new(api.clone());
+    let mut watcher = JobWatcher::new(feed, local.clone(), user.id)
+        .await
+        .expect("watcher");
+    watcher.poll_once().await.expect("first sync");
+
+    let job = api
+        .create_training_job(&job_input(dataset))
+        .await
+        .expect("job");
+    set_status(&pg, job.id, "completed").await;
+    // The cache write of the poll that sees the completion fails (the table is away).
+    sqlx::query("alter table list_cache rename to list_cache_away")
+        .execute(local.pool())
+        .await
+        .expect("hide the cache table");
+    watcher
+        .poll_once()
+        .await
+        .expect_err("the poll fails with its write");
+    sqlx::query("alter table list_cache_away rename to list_cache")
+        .execute(local.pool())
+        .await
+        .expect("restore the cache table");
+
+    let events = watcher.poll_once().await.expect("the next poll");
+    let raised = alerts(&events);
+    assert_eq!(
+        raised
+            .iter()
+            .map(|a| (a.0, a.1.clone()))
+            .collect::<Vec<_>>(),
+        vec![(job.id, JobStatus::Completed)],
+        "the completion is still announced, once: {events:?}"
+    );
+    assert!(
+        alerts(&watcher.poll_once().await.expect("poll")).is_empty(),
+        "and not again"
+    );
+}
