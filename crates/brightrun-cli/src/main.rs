@@ -377,8 +377,13 @@ enum JobsCommand {
     },
     /// Cancel a queued or running job.
     Cancel { id: Uuid },
-    /// Queue a copy of an earlier job (same dataset, preset, hyperparameters and GPUs).
-    Clone { id: Uuid },
+    /// Queue a copy of an earlier job (same dataset, preset, hyperparameters and GPUs); the
+    /// hyperparameter options change single values of the copy.
+    Clone {
+        id: Uuid,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
 }
 
 #[derive(Subcommand)]
@@ -603,14 +608,7 @@ async fn jobs(ctx: &Context, out: &Output, cmd: JobsCommand) -> Result<()> {
                 .create_training_job(&input)
                 .await
                 .context("creating the training job")?;
-            let total_steps = job.total_steps.and_then(|n| u64::try_from(n).ok());
-            if let Some(warning) = total_steps.and_then(|n| job.hyperparameters.schedule_warning(n))
-            {
-                eprintln!(
-                    "warning: {warning}. To change it: brightrun jobs cancel {}, then create it again with --warmup-steps.",
-                    job.id
-                );
-            }
+            warn_about_schedule(&job);
             out.value(&job, || output::job(&job));
         }
         JobsCommand::List => {
@@ -644,13 +642,29 @@ async fn jobs(ctx: &Context, out: &Output, cmd: JobsCommand) -> Result<()> {
             let job = api.cancel_training_job(id).await?;
             out.value(&job, || output::job(&job));
         }
-        JobsCommand::Clone { id } => {
-            let input = api.clone_job(id).await?;
-            let job = api.create_training_job(&input).await?;
+        JobsCommand::Clone { id, overrides } => {
+            let mut input = api.clone_job(id).await?;
+            input.hyperparameters = overrides.apply(input.hyperparameters)?;
+            let job = api
+                .create_training_job(&input)
+                .await
+                .context("creating the training job")?;
+            warn_about_schedule(&job);
             out.value(&job, || output::job(&job));
         }
     }
     Ok(())
+}
+
+/// A warm-up as long as the run (see `HyperparameterConfig::schedule_warning`), on stderr.
+fn warn_about_schedule(job: &brightrun_core::TrainingJob) {
+    let total_steps = job.total_steps.and_then(|n| u64::try_from(n).ok());
+    if let Some(warning) = total_steps.and_then(|n| job.hyperparameters.schedule_warning(n)) {
+        eprintln!(
+            "warning: {warning}. To change it: brightrun jobs cancel {}, then brightrun jobs clone {} --warmup-steps N.",
+            job.id, job.id
+        );
+    }
 }
 
 async fn models(ctx: &Context, out: &Output, cmd: ModelsCommand) -> Result<()> {

@@ -510,3 +510,54 @@ async fn a_warmup_longer_than_the_run_is_warned_about() {
         "no warning for a short warm-up: {output}"
     );
 }
+
+#[tokio::test]
+async fn a_clone_keeps_the_source_job_and_changes_only_the_given_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = mint_user(stack(), "cli-clone").await;
+    let dataset = ready_dataset(&user).await;
+    let spec = [
+        "--dataset",
+        &dataset,
+        "--gpu",
+        "A100-80GB",
+        "--preset",
+        "aggressive",
+        "--lora-rank",
+        "48",
+        "--warmup-steps",
+        "10",
+    ];
+    let (status, source, output) = run(
+        &user,
+        dir.path(),
+        &[&["jobs", "create", "--json"][..], &spec].concat(),
+    )
+    .await;
+    assert!(status.success(), "{output}");
+    let source_id = source["id"].as_str().expect("id").to_owned();
+
+    let (status, copy, output) = run(
+        &user,
+        dir.path(),
+        &[
+            "jobs",
+            "clone",
+            &source_id,
+            "--json",
+            "--learning-rate",
+            "0.0001",
+        ],
+    )
+    .await;
+    assert!(status.success(), "clone works: {output}");
+    assert_ne!(copy["id"], source["id"], "a new job");
+    assert_eq!(copy["dataset_id"], source["dataset_id"], "same dataset");
+    assert_eq!(copy["preset_id"], "aggressive", "same preset");
+    let mut expected = source["hyperparameters"].clone();
+    expected["learning_rate"] = 0.0001.into();
+    assert_eq!(
+        copy["hyperparameters"], expected,
+        "the source's settings (rank 48, warm-up 10 kept) with the new learning rate"
+    );
+}
