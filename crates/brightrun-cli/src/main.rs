@@ -407,7 +407,10 @@ enum ModelsCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let out = Output::new(cli.json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -654,6 +657,22 @@ async fn jobs(ctx: &Context, out: &Output, cmd: JobsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A command line clap refuses: its own text, or with `--json` one JSON error document on
+/// stdout (as every other error), so a script reading stdout always gets JSON. Exit code 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let wants_json = std::env::args_os().any(|a| a == "--json");
+    if !wants_json || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let document = serde_json::json!({"error": {"code": "usage", "message": message}});
+    output::print_line(&document.to_string());
+    ExitCode::from(2)
 }
 
 /// A warm-up as long as the run (see `HyperparameterConfig::schedule_warning`), on stderr.

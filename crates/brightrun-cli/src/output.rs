@@ -31,7 +31,7 @@ pub struct Output {
 /// Prints a line on stdout. When the reader has gone (`brightrun jobs list | head -1`), exits
 /// quietly with 141, the status of a process stopped by SIGPIPE, instead of panicking as
 /// `println!` does; every transfer this could interrupt resumes on the next run.
-fn print_line(text: &str) {
+pub fn print_line(text: &str) {
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {

@@ -561,3 +561,36 @@ async fn a_clone_keeps_the_source_job_and_changes_only_the_given_values() {
         "the source's settings (rank 48, warm-up 10 kept) with the new learning rate"
     );
 }
+
+#[tokio::test]
+async fn a_refused_command_line_is_a_json_error_with_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = mint_user(stack(), "cli-usage-json").await;
+    let dataset = ready_dataset(&user).await;
+    let (status, json, output) = run(
+        &user,
+        dir.path(),
+        &[
+            "jobs",
+            "create",
+            "--json",
+            "--dataset",
+            &dataset,
+            "--gpu",
+            "A100-80GB",
+            "--batch-size",
+            "0",
+        ],
+    )
+    .await;
+    assert_eq!(status.code(), Some(2), "a usage error: {output}");
+    assert_eq!(
+        json["error"]["code"], "usage",
+        "on stdout, as JSON: {output}"
+    );
+    assert_eq!(
+        json["error"]["message"], "invalid value '0' for '--batch-size <N>': must be at least 1",
+        "with clap's reason: {output}"
+    );
+    assert_eq!(job_count(&user).await, 0, "nothing was created");
+}
