@@ -140,9 +140,44 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// candle reads its thread counts from the environment: `RAYON_NUM_THREADS` on every matmul
+/// (unset, it works the count out from `/proc` each time and splits small products over
+/// threads) and `CANDLE_NUM_THREADS` for a spinning pool at first use. A job trains on one
+/// thread by design (the worker runs `--concurrency` jobs side by side; more threads per job
+/// spin against each other), so a worker started without them re-executes itself with the
+/// missing ones at 1 (same PID; setting them in-process would take `unsafe`). An operator's own
+/// values are kept.
+fn single_threaded_candle() -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let missing: Vec<&str> = ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"]
+        .into_iter()
+        .filter(|k| std::env::var_os(k).is_none_or(|v| v.is_empty()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("locating the worker binary")?;
+    let mut command = std::process::Command::new(exe);
+    command.args(std::env::args_os().skip(1));
+    for key in missing {
+        command.env(key, "1");
+    }
+    Err(command.exec()).context("re-executing with single-threaded candle")
+}
+
+fn main() -> Result<()> {
     let args = Args::parse();
+    if args.backend == BackendName::Candle {
+        single_threaded_candle()?;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(args: Args) -> Result<()> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     // Structured: every event carries its fields (job_id, attempt, worker_id, ...), as

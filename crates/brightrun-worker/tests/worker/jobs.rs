@@ -791,3 +791,56 @@ async fn a_worker_whose_base_model_file_is_unusable_refuses_to_start() {
         "and says which file and why:\n{log}"
     );
 }
+
+/// The environment of a running process, as the kernel holds it.
+fn process_env(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .expect("environ")
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_candle_worker_runs_candle_single_threaded_unless_told_otherwise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = |w: &WorkerProcess| {
+        let log = w.log_text();
+        async move { log.contains("worker started").then_some(()) }
+    };
+    // Neither variable set: the worker re-executes itself (same PID) with both at 1.
+    let w = WorkerProcess::start_with(
+        dir.path(),
+        &[Uuid::new_v4()],
+        &["--backend", "candle"],
+        |cmd| {
+            cmd.env_remove("RAYON_NUM_THREADS")
+                .env_remove("CANDLE_NUM_THREADS");
+        },
+    );
+    wait_for("the worker to start", MINUTE, || started(&w)).await;
+    let env = process_env(w.child.id());
+    assert!(
+        env.contains(&"RAYON_NUM_THREADS=1".to_owned())
+            && env.contains(&"CANDLE_NUM_THREADS=1".to_owned()),
+        "both set to 1: {env:?}"
+    );
+
+    // An operator's value is kept; only the missing one is set.
+    let w = WorkerProcess::start_with(
+        dir.path(),
+        &[Uuid::new_v4()],
+        &["--backend", "candle"],
+        |cmd| {
+            cmd.env("RAYON_NUM_THREADS", "3")
+                .env_remove("CANDLE_NUM_THREADS");
+        },
+    );
+    wait_for("the worker to start", MINUTE, || started(&w)).await;
+    let env = process_env(w.child.id());
+    assert!(
+        env.contains(&"RAYON_NUM_THREADS=3".to_owned())
+            && env.contains(&"CANDLE_NUM_THREADS=1".to_owned()),
+        "the operator's 3 stays: {env:?}"
+    );
+}

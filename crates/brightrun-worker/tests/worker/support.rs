@@ -172,6 +172,16 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn start(dir: &Path, users: &[Uuid], extra: &[&str]) -> Self {
+        Self::start_with(dir, users, extra, |_| {})
+    }
+
+    /// [`WorkerProcess::start`], with a last say on the command (its environment, say).
+    pub fn start_with(
+        dir: &Path,
+        users: &[Uuid],
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
         let id = format!("test-worker-{}", Uuid::new_v4().simple());
         let log = dir.join(format!("{id}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_brightrun-worker"));
@@ -197,6 +207,7 @@ impl WorkerProcess {
         }
         // Later arguments win in clap for single-valued options.
         cmd.args(extra);
+        configure(&mut cmd);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
