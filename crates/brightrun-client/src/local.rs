@@ -146,14 +146,7 @@ impl LocalDb {
         let mut tx = self.pool.begin().await?;
         let mut claimed = Vec::with_capacity(alert_keys.len());
         for key in alert_keys {
-            let done = sqlx::query(
-                "insert into alert_dedupe (key, announced_at) values (?, ?) on conflict (key) do nothing",
-            )
-            .bind(key)
-            .bind(&fetched)
-            .execute(&mut *tx)
-            .await?;
-            claimed.push(done.rows_affected() == 1);
+            claimed.push(insert_claim(&mut tx, key, &fetched).await?);
         }
         if replace_all {
             sqlx::query("delete from list_cache where user_id = ? and kind = ?")
@@ -300,20 +293,8 @@ impl LocalDb {
             .await
     }
 
-    /// Stores jobs that changed.
-    pub async fn merge_jobs(
-        &self,
-        user_id: Uuid,
-        changed: &[TrainingJob],
-        fetched_at: DateTime<Utc>,
-    ) -> Result<()> {
-        let items = changed.iter().map(|j| (j.id, j.updated_at, j)).collect();
-        self.put(user_id, CacheKind::Job, items, false, fetched_at)
-            .await
-    }
-
-    /// [`LocalDb::merge_jobs`] and the claims of `alert_keys` in one transaction, so a failed
-    /// write loses neither: the watcher raises an alert only when its claim was committed with
+    /// Stores jobs that changed and claims `alert_keys` (see [`LocalDb::claim_alert`]) in one
+    /// transaction, so a failed write loses neither: the watcher raises an alert only when its claim was committed with
     /// the job version that caused it, and repeats the whole poll otherwise.
     pub async fn merge_jobs_claiming_alerts(
         &self,
@@ -351,14 +332,8 @@ impl LocalDb {
     /// Records that the alert `key` (see [`alert_key`]) is being raised. True the first time,
     /// false if it was raised before (by this run or an earlier one): raise it only on true.
     pub async fn claim_alert(&self, key: &str, at: DateTime<Utc>) -> Result<bool> {
-        let done = sqlx::query(
-            "insert into alert_dedupe (key, announced_at) values (?, ?) on conflict (key) do nothing",
-        )
-        .bind(key)
-        .bind(text(at))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let mut conn = self.pool.acquire().await?;
+        insert_claim(&mut conn, key, &text(at)).await
     }
 
     /// Whether the alert `key` was raised before.
@@ -369,6 +344,18 @@ impl LocalDb {
             .await?;
         Ok(row.is_some())
     }
+}
+
+/// Records the alert `key` as raised at `at`; true if it was not before.
+async fn insert_claim(conn: &mut sqlx::SqliteConnection, key: &str, at: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "insert into alert_dedupe (key, announced_at) values (?, ?) on conflict (key) do nothing",
+    )
+    .bind(key)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 #[cfg(test)]
