@@ -22,6 +22,12 @@ fn shared_cache() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("candle-base-cache")
 }
 
+/// A JSON file the trainer wrote.
+fn read_json(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
 fn hyperparameters(
     rank: u32,
     alpha: u32,
@@ -377,10 +383,7 @@ fn peft_problems(dir: &Path, layers: usize, hidden: usize, rank: usize, alpha: u
             Err(_) => problems.push(format!("missing tensor {name}")),
         }
     }
-    let config: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("adapter_config.json")).expect("adapter config exists"),
-    )
-    .expect("adapter config is JSON");
+    let config = read_json(&dir.join("adapter_config.json"));
     for key in required_config_keys() {
         if config.get(key).is_none() {
             problems.push(format!("adapter_config.json lacks {key}"));
@@ -461,10 +464,7 @@ fn adapter_is_in_peft_format() {
         b.data().iter().any(|&x| x != 0),
         "lora_B must be trained away from zeros"
     );
-    let info: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(adapter_dir.join("brightrun_adapter.json")).expect("run info"),
-    )
-    .expect("run info is JSON");
+    let info = read_json(&adapter_dir.join("brightrun_adapter.json"));
     let base_dir = PathBuf::from(info["base_model_dir"].as_str().expect("base dir recorded"));
     assert!(
         base_dir.join("config.json").is_file() && base_dir.join("model.safetensors").is_file(),
@@ -491,8 +491,7 @@ fn the_format_check_fails_on_a_missing_key_or_a_single_model_prefix() {
     );
 
     let config_path = dir.join("adapter_config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&config_path).expect("config")).expect("json");
+    let mut config = read_json(&config_path);
     config
         .as_object_mut()
         .expect("object")
@@ -716,17 +715,10 @@ fn grouped_query_attention_with_tied_embeddings_trains_and_sizes_v_by_the_kv_hea
         v_b.data().iter().any(|&x| x != 0),
         "v's B trained away from zeros: gradients reach it through repeat_kv"
     );
-    let base_dir: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(adapter_dir.join("brightrun_adapter.json")).expect("run info"),
-    )
-    .expect("JSON");
-    let config: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            PathBuf::from(base_dir["base_model_dir"].as_str().expect("dir")).join("config.json"),
-        )
-        .expect("base config"),
-    )
-    .expect("JSON");
+    let info = read_json(&adapter_dir.join("brightrun_adapter.json"));
+    let config = read_json(
+        &PathBuf::from(info["base_model_dir"].as_str().expect("dir")).join("config.json"),
+    );
     assert_eq!(
         config["num_key_value_heads"], 2,
         "the HF config says GQA: {config}"

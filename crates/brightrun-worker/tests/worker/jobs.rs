@@ -478,20 +478,7 @@ async fn cancel_while_queued_and_while_running() {
             "2000",
         ],
     );
-    wait_for("the job to be training", MINUTE, || {
-        let pool = pool.clone();
-        async move {
-            let step: i32 = sqlx::query_scalar(
-                "select current_step from public.training_jobs where id = $1 and status = 'running'",
-            )
-            .bind(running)
-            .fetch_optional(&pool)
-            .await
-            .ok()??;
-            (step >= 2).then_some(())
-        }
-    })
-    .await;
+    wait_training(&pool, running, 2, "the job to be training").await;
     let asked = Instant::now();
     rpc(&u, "cancel_training_job", json!({"job_id": running})).await;
     wait_status(&pool, running, "cancelled", Duration::from_secs(10)).await;
@@ -538,20 +525,7 @@ async fn a_killed_workers_job_is_reaped_and_finishes_once_elsewhere() {
         "1500",
     ];
     let mut a = WorkerProcess::start(dir.path(), &[u.id], &slow);
-    wait_for("worker A to be training", MINUTE, || {
-        let pool = pool.clone();
-        async move {
-            let step: i32 = sqlx::query_scalar(
-                "select current_step from public.training_jobs where id = $1 and status = 'running'",
-            )
-            .bind(job)
-            .fetch_optional(&pool)
-            .await
-            .ok()??;
-            (step >= 3).then_some(())
-        }
-    })
-    .await;
+    wait_training(&pool, job, 3, "worker A to be training").await;
     a.kill();
     let a_points = scalar_i64(
         &pool,

@@ -163,6 +163,24 @@ pub async fn wait_status(pool: &PgPool, job: Uuid, status: &str, timeout: Durati
     .await
 }
 
+/// Waits until `job` is running and has logged step `step` or later.
+pub async fn wait_training(pool: &PgPool, job: Uuid, step: i32, what: &str) {
+    wait_for(what, Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            let current: i32 = sqlx::query_scalar(
+                "select current_step from public.training_jobs where id = $1 and status = 'running'",
+            )
+            .bind(job)
+            .fetch_optional(&pool)
+            .await
+            .ok()??;
+            (current >= step).then_some(())
+        }
+    })
+    .await
+}
+
 /// A `brightrun-worker` process; killed (SIGKILL) when dropped.
 pub struct WorkerProcess {
     pub child: Child,
