@@ -227,8 +227,7 @@ fn pretrain(
     Ok((frozen, report))
 }
 
-/// Writes the Hugging Face model directory atomically (a temporary directory renamed into
-/// place; if another process got there first, its copy is kept).
+/// Writes the Hugging Face model directory of a built base.
 fn write_model_dir(
     spec: &BaseModelSpec,
     weights: &HashMap<String, Tensor>,
@@ -236,23 +235,8 @@ fn write_model_dir(
     cache_dir: &Path,
     dir: &Path,
 ) -> Result<(), CandleError> {
-    fs::create_dir_all(cache_dir)?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let tmp = cache_dir.join(format!(
-        ".tmp-{}-{}-{nanos}",
-        spec.fingerprint(),
-        std::process::id()
-    ));
-    fs::create_dir_all(&tmp)?;
-    let write = || -> Result<(), CandleError> {
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let mut sorted: Vec<(&String, &Tensor)> = weights.iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(b.0));
-        safetensors::serialize_to_file(sorted, Some(metadata), &tmp.join("model.safetensors"))
-            .map_err(|e| CandleError::Failed(format!("writing base weights: {e}")))?;
+    publish_model_dir(cache_dir, dir, |tmp| {
+        write_weights(tmp, weights)?;
         write_json(&tmp.join("config.json"), &spec.model.hf_config_json())?;
         write_json(
             &tmp.join("generation_config.json"),
@@ -267,16 +251,47 @@ fn write_model_dir(
                 "format": FORMAT_VERSION, "spec": spec, "pretraining": report
             }),
         )?;
-        super::write_tokenizer_files(&tmp, spec.model.max_position_embeddings)?;
+        super::write_tokenizer_files(tmp, spec.model.max_position_embeddings)?;
         Ok(())
-    };
-    if let Err(e) = write() {
+    })
+}
+
+/// `model.safetensors` in `dir`: the tensors sorted by name, with PyTorch's metadata.
+pub fn write_weights(dir: &Path, weights: &HashMap<String, Tensor>) -> Result<(), CandleError> {
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut sorted: Vec<(&String, &Tensor)> = weights.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    safetensors::serialize_to_file(sorted, Some(metadata), &dir.join("model.safetensors"))
+        .map_err(|e| CandleError::Failed(format!("writing base weights: {e}")))
+}
+
+/// Publishes a model directory atomically: `fill` writes into a fresh temporary directory in
+/// `cache_dir`, which is then renamed to `dir`. If another process got there first, its
+/// complete copy is kept; a broken one is replaced.
+pub fn publish_model_dir(
+    cache_dir: &Path,
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), CandleError>,
+) -> Result<(), CandleError> {
+    let complete =
+        |d: &Path| d.join("model.safetensors").is_file() && d.join("config.json").is_file();
+    fs::create_dir_all(cache_dir)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = cache_dir.join(format!(".tmp-{name}-{}-{nanos}", std::process::id()));
+    fs::create_dir_all(&tmp)?;
+    if let Err(e) = fill(&tmp) {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
     }
     if dir.exists() {
-        // A stale or concurrent copy: replace a broken one, keep a good one.
-        if dir.join("model.safetensors").is_file() && dir.join("config.json").is_file() {
+        if complete(dir) {
             let _ = fs::remove_dir_all(&tmp);
             return Ok(());
         }
@@ -284,7 +299,7 @@ fn write_model_dir(
     }
     if let Err(e) = fs::rename(&tmp, dir) {
         let _ = fs::remove_dir_all(&tmp);
-        if !dir.join("model.safetensors").is_file() {
+        if !complete(dir) {
             return Err(e.into());
         }
     }

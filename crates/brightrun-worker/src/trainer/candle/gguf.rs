@@ -28,7 +28,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::CandleError;
-use super::base::write_json;
+use super::base::{publish_model_dir, write_json, write_weights};
 use super::model::{Model, ModelConfig};
 use super::rng::fingerprint;
 use super::tokenizer::Encoded;
@@ -221,14 +221,14 @@ fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}"))
 }
 
-fn chat_ml(c: &gguf_file::Content) -> Result<ChatMl, CandleError> {
+/// The GGUF's tokenizer and chat template; `tokens` is its vocabulary, by id.
+fn chat_ml(c: &gguf_file::Content, tokens: Vec<String>) -> Result<ChatMl, CandleError> {
     if meta_str(c, "tokenizer.ggml.model").as_deref() != Some("gpt2") {
         return Err(CandleError::Invalid(
             "only byte-level BPE (tokenizer.ggml.model = gpt2) GGUF tokenizers are supported"
                 .into(),
         ));
     }
-    let tokens = strings(c, "tokenizer.ggml.tokens")?;
     let merges = strings(c, "tokenizer.ggml.merges")?
         .into_iter()
         .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
@@ -316,8 +316,9 @@ pub fn load(path: &Path, cache_dir: &Path, device: &Device) -> Result<GgufBase, 
     let heads = meta_usize(&content, "llama.attention.head_count")?;
     let kv_heads = meta_usize(&content, "llama.attention.head_count_kv").unwrap_or(heads);
     let tied = !content.tensor_infos.contains_key("output.weight");
+    let tokens = strings(&content, "tokenizer.ggml.tokens")?;
     let config = ModelConfig {
-        vocab_size: strings(&content, "tokenizer.ggml.tokens")?.len(),
+        vocab_size: tokens.len(),
         hidden_size: meta_usize(&content, "llama.embedding_length")?,
         intermediate_size: meta_usize(&content, "llama.feed_forward_length")?,
         num_layers: meta_usize(&content, "llama.block_count")?,
@@ -335,7 +336,7 @@ pub fn load(path: &Path, cache_dir: &Path, device: &Device) -> Result<GgufBase, 
         tie_word_embeddings: tied,
     };
     config.check().map_err(CandleError::Invalid)?;
-    let chat = chat_ml(&content)?;
+    let chat = chat_ml(&content, tokens)?;
     let hf_id = match (
         meta_str(&content, "general.organization"),
         meta_str(&content, "general.basename"),
@@ -391,40 +392,15 @@ fn write_hf_dir(
     cache_dir: &Path,
     dir: &Path,
 ) -> Result<(), CandleError> {
-    fs::create_dir_all(cache_dir)?;
-    let tmp = cache_dir.join(format!(
-        ".tmp-gguf-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-    ));
-    fs::create_dir_all(&tmp)?;
-    let write = || -> Result<(), CandleError> {
-        let mut sorted: Vec<(&String, &Tensor)> = weights.iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(b.0));
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize_to_file(sorted, Some(metadata), &tmp.join("model.safetensors"))
-            .map_err(|e| CandleError::Failed(format!("writing base weights: {e}")))?;
+    publish_model_dir(cache_dir, dir, |tmp| {
+        write_weights(tmp, weights)?;
         let id = |t: &str| chat.tokenizer.token_to_id(t).map(Value::from);
         let mut hf = config.hf_config_json();
         hf["bos_token_id"] = id(&chat.bos).unwrap_or(Value::Null);
         hf["eos_token_id"] = id(&chat.eos).unwrap_or(Value::Null);
         hf["pad_token_id"] = id(&chat.eos).unwrap_or(Value::Null);
         write_json(&tmp.join("config.json"), &hf)?;
-        chat.write_files(&tmp, config.max_position_embeddings)?;
+        chat.write_files(tmp, config.max_position_embeddings)?;
         Ok(())
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if dir.join("model.safetensors").is_file() {
-        let _ = fs::remove_dir_all(&tmp);
-        return Ok(());
-    }
-    let _ = fs::remove_dir_all(dir);
-    fs::rename(&tmp, dir)?;
-    Ok(())
+    })
 }
