@@ -1,6 +1,6 @@
 // Helpers for the Storage conformance tests (test/storage.test.js, test/tus.test.js):
 // deterministic dataset bytes, storage-js error assertions, and tus-js-client plumbing.
-// Spec: /work/shared/docs/supabase-protocol.md §4 (Storage, TUS) and §5 (tus-js-client).
+// Spec: ../shared/docs/supabase-protocol.md §4 (Storage, TUS) and §5 (tus-js-client).
 import assert from 'node:assert/strict';
 import { createHash, randomUUID } from 'node:crypto';
 import * as tus from 'tus-js-client';

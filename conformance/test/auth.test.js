@@ -1,5 +1,5 @@
 // Auth (/auth/v1) through the official supabase-js client (auth-js).
-// Spec: /work/shared/docs/supabase-protocol.md §2.
+// Spec: ../shared/docs/supabase-protocol.md §2.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AuthApiError, AuthWeakPasswordError, isAuthError } from '@supabase/supabase-js';

@@ -1,5 +1,5 @@
 // PostgREST edge cases through supabase-js: encoding, quoting, Prefer variants, errors,
-// credentials. Spec: /work/shared/docs/supabase-protocol.md §1, §3.
+// credentials. Spec: ../shared/docs/supabase-protocol.md §1, §3.
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';

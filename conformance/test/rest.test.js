@@ -1,6 +1,6 @@
 // PostgREST (/rest/v1) through the official supabase-js client (postgrest-js), as signed-in
 // users, against public.conformance_notes from conformance/fixtures.sql.
-// Spec: /work/shared/docs/supabase-protocol.md §3.
+// Spec: ../shared/docs/supabase-protocol.md §3.
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fails, newClient, newUser, ok, sortedBy } from '../lib/helpers.js';

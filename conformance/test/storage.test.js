@@ -1,7 +1,7 @@
 // Storage (/storage/v1) through the official supabase-js client (storage-js), as signed-in users,
 // against the real buckets of migrations/*_lora_storage.sql: lora-datasets (private, own-folder
 // policies, text MIME types only) and lora-models (private, users read their own folder only).
-// Spec: /work/shared/docs/supabase-protocol.md §4.
+// Spec: ../shared/docs/supabase-protocol.md §4.
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SUPABASE_SERVICE_ROLE_KEY, jwtPayload, newClient, newUser, ok } from '../lib/helpers.js';

@@ -1,6 +1,6 @@
 // Resumable uploads (TUS 1.0.0, /storage/v1/upload/resumable) with the official tus-js-client,
 // configured exactly as Supabase documents it, into the user's folder of lora-datasets; the
-// result is read back with supabase-js. Spec: /work/shared/docs/supabase-protocol.md §4.8, §5.
+// result is read back with supabase-js. Spec: ../shared/docs/supabase-protocol.md §4.8, §5.
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SUPABASE_URL, newUser, ok } from '../lib/helpers.js';
