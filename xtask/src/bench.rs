@@ -70,6 +70,7 @@ const WARMUP: usize = 200;
 const REQUESTS: usize = 2000;
 
 fn rest_list(stack: &TestStack) -> Result<()> {
+    setup::ensure_programs(&["pgbench"])?;
     let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     // Two tenants with 1000 datasets each: the list must return A's 1000 and none of B's.
     psql(
@@ -271,7 +272,7 @@ struct Nginx {
 }
 
 fn start_nginx(dir: &Path) -> Result<Nginx> {
-    setup::ensure_debian_package("nginx", "nginx")?;
+    setup::ensure_programs(&["nginx", "curl"])?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -406,7 +407,7 @@ fn python_peer() -> Result<std::path::PathBuf> {
     if python.is_file() && ready(&python) {
         return Ok(python);
     }
-    setup::ensure_debian_package("python3", "python3")?;
+    setup::ensure_programs(&["python3"])?;
     let venv_ok = Command::new("python3")
         .args(["-m", "venv", "--help"])
         .stdout(Stdio::null())

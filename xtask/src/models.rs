@@ -36,7 +36,7 @@ pub fn smollm2() -> Result<PathBuf> {
         return Ok(target);
     }
     std::fs::create_dir_all(&dir)?;
-    crate::setup::ensure_debian_package("python3", "python3")?;
+    crate::setup::ensure_programs(&["python3", "sha256sum"])?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

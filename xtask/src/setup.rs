@@ -24,42 +24,72 @@ fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn postgres_server_installed() -> bool {
-    std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| e.path().join("bin/initdb").is_file())
-        || (have("initdb") && have("postgres"))
+/// Every program a test, the harness or a benchmark runs, and the Debian package it comes in.
+/// A program is used only after [`ensure_programs`] named it: a machine where it was once
+/// installed by hand must not hide a missing install step.
+const PROGRAMS: &[(&str, &str)] = &[
+    // The stack's PostgreSQL cluster (`initdb`, `postgres`) and the fixtures' client.
+    ("initdb", "postgresql"),
+    ("psql", "postgresql-client"),
+    // The supabase-js / tus-js-client conformance suite.
+    ("node", "nodejs"),
+    ("npm", "npm"),
+    // A private D-Bus session with a real Secret Service for the keychain tests.
+    ("dbus-run-session", "dbus"),
+    ("gnome-keyring-daemon", "gnome-keyring"),
+    // Benchmarks and the model fetch.
+    ("curl", "curl"),
+    ("nginx", "nginx"),
+    ("pgbench", "postgresql-contrib"),
+    ("python3", "python3"),
+    ("sha256sum", "coreutils"),
+];
+
+/// What `cargo xtask test` runs besides cargo.
+pub const TEST_PROGRAMS: &[&str] = &[
+    "initdb",
+    "psql",
+    "node",
+    "npm",
+    "dbus-run-session",
+    "gnome-keyring-daemon",
+];
+
+fn present(program: &str) -> bool {
+    // Debian keeps PostgreSQL's server programs off PATH, in /usr/lib/postgresql/<version>/bin.
+    let server_dirs = || {
+        std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("bin"))
+    };
+    have(program)
+        || (matches!(program, "initdb" | "pgbench")
+            && server_dirs().any(|dir| dir.join(program).is_file()))
 }
 
-/// Debian packages the tests need: PostgreSQL (server + psql) and Node.js for the conformance
-/// suite. Installed with apt only when missing.
-pub fn ensure_system_packages() -> Result<()> {
-    let mut missing = Vec::new();
-    if !postgres_server_installed() {
-        missing.push("postgresql");
-    }
-    if !have("psql") {
-        missing.push("postgresql-client");
-    }
-    if !have("node") {
-        missing.push("nodejs");
-    }
-    if !have("npm") {
-        missing.push("npm");
-    }
-    // A real Secret Service for the keychain tests, in a private D-Bus session.
-    if !have("dbus-run-session") {
-        missing.push("dbus");
-    }
-    if !have("gnome-keyring-daemon") {
-        missing.push("gnome-keyring");
+/// Installs, with one `apt-get install`, the packages of the programs in `programs` that are
+/// missing. A program the table does not know is a bug in xtask, reported as one.
+pub fn ensure_programs(programs: &[&str]) -> Result<()> {
+    let mut missing: Vec<&str> = Vec::new();
+    for &program in programs {
+        let Some(&(_, package)) = PROGRAMS.iter().find(|(p, _)| *p == program) else {
+            bail!("xtask runs {program}, but its PROGRAMS table names no package for it");
+        };
+        if !present(program) && !missing.contains(&package) {
+            missing.push(package);
+        }
     }
     if missing.is_empty() {
         return Ok(());
     }
     apt_install(&missing)
+}
+
+/// The programs of a test run and of the local stack.
+pub fn ensure_system_packages() -> Result<()> {
+    ensure_programs(TEST_PROGRAMS)
 }
 
 pub fn apt_install(packages: &[&str]) -> Result<()> {
@@ -82,14 +112,6 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     let mut install = vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
     install.extend(packages);
     run(&install)
-}
-
-/// Installs one Debian package when `program` is missing (tools only some commands need).
-pub fn ensure_debian_package(program: &str, package: &str) -> Result<()> {
-    if have(program) {
-        return Ok(());
-    }
-    apt_install(&[package])
 }
 
 /// `npm ci` from the committed lockfile of every Node suite.

@@ -466,21 +466,27 @@ async fn blocking<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) 
         .expect("blocking task")
 }
 
-fn secret_tool_lookup(store: &KeychainStore) -> Option<String> {
-    let output = std::process::Command::new("secret-tool")
-        .args([
-            "lookup",
-            "service",
-            store.service(),
-            "username",
-            store.user(),
-        ])
-        .output()
-        .expect("secret-tool runs (apt-get install libsecret-tools)");
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+/// The secret stored under the entry's service and user, read straight from the Secret Service
+/// over D-Bus with the `secret-service` crate (not through `keyring`, the code under test): proof
+/// that the token is really in the OS keychain, under the attributes other tools look it up by.
+async fn secret_service_lookup(store: &KeychainStore) -> Option<String> {
+    use secret_service::{EncryptionType, SecretService};
+    let service = SecretService::connect(EncryptionType::Dh)
+        .await
+        .expect("the Secret Service answers on the session bus");
+    let attributes =
+        std::collections::HashMap::from([("service", store.service()), ("username", store.user())]);
+    let found = service
+        .search_items(attributes)
+        .await
+        .expect("the Secret Service searches");
+    assert!(
+        found.locked.is_empty(),
+        "the test keyring is unlocked, so no entry is locked"
+    );
+    let item = found.unlocked.first()?;
+    let secret = item.get_secret().await.expect("the secret is readable");
+    Some(String::from_utf8(secret).expect("the stored token is UTF-8"))
 }
 
 #[tokio::test]
@@ -514,7 +520,7 @@ async fn keychain_store_round_trips_through_the_secret_service() {
     );
     let s = store.clone();
     assert_eq!(
-        blocking(move || secret_tool_lookup(&s)).await.as_deref(),
+        secret_service_lookup(&s).await.as_deref(),
         Some("refresh-two"),
         "the token is really in the Secret Service, under service/username"
     );
@@ -538,7 +544,7 @@ async fn keychain_store_round_trips_through_the_secret_service() {
     );
     let s = store.clone();
     assert_eq!(
-        blocking(move || secret_tool_lookup(&s)).await,
+        secret_service_lookup(&s).await,
         None,
         "gone from the Secret Service"
     );
@@ -566,7 +572,7 @@ async fn sign_in_restore_sign_out_with_the_keychain() {
     .await
     .expect("sign in");
     let s = store.clone();
-    let stored = blocking(move || secret_tool_lookup(&s)).await;
+    let stored = secret_service_lookup(&s).await;
     assert!(
         stored.as_deref().is_some_and(|t| !t.is_empty()),
         "the refresh token is in the Secret Service"
@@ -590,7 +596,7 @@ async fn sign_in_restore_sign_out_with_the_keychain() {
     restored.sign_out().await.expect("sign out");
     let s = store.clone();
     assert_eq!(
-        blocking(move || secret_tool_lookup(&s)).await,
+        secret_service_lookup(&s).await,
         None,
         "sign-out deleted the entry"
     );
