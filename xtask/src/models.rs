@@ -17,14 +17,8 @@ pub const FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// `$XDG_CACHE_HOME/brightrun/models` (`~/.cache/brightrun/models`).
 fn models_dir() -> Result<PathBuf> {
-    let env_dir = |name| {
-        std::env::var_os(name)
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-    };
-    env_dir("XDG_CACHE_HOME")
-        .or_else(|| env_dir("HOME").map(|h| h.join(".cache")))
-        .map(|d| d.join("brightrun/models"))
+    brightrun_dirs::Dirs::from_process()
+        .model_cache()
         .context("neither XDG_CACHE_HOME nor HOME is set")
 }
 

@@ -173,7 +173,8 @@ pub fn run_foreground(args: &[String]) -> Result<ExitCode> {
     cmd.arg("up");
     if !args.iter().any(|a| a == "--data-dir") {
         // The directory the CLI and the app look in for the local stack's stack.json.
-        let dir = brightrun_client::config::local_stack_dir()
+        let dir = brightrun_dirs::Dirs::from_process()
+            .stack_data()
             .context("no home directory: pass --data-dir or set BRIGHTRUN_STACK_DATA")?;
         cmd.arg("--data-dir").arg(dir);
     }
@@ -209,7 +210,8 @@ pub fn run_demo(smollm2: bool) -> Result<ExitCode> {
     let worker_bin = setup::target_dir()?.join("debug").join("brightrun-worker");
     // The stack's directory is where the CLI and the app look for its stack.json; the worker's
     // (base-model cache, scratch files) sits beside it.
-    let stack_dir = brightrun_client::config::local_stack_dir()
+    let stack_dir = brightrun_dirs::Dirs::from_process()
+        .stack_data()
         .context("no home directory: set BRIGHTRUN_STACK_DATA")?;
     let worker_dir = stack_dir.with_file_name("worker");
     eprintln!(

@@ -5,7 +5,14 @@ use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::sync::Arc;
 
-use brightrun_client::transfer::{Downloaded, Phase, Progress, ProgressFn, UploadOutcome};
+use brightrun_client::Error;
+use brightrun_client::app::Listing;
+use brightrun_client::app::auth::{Account, SignedUp};
+use brightrun_client::app::costs::CostReport;
+use brightrun_client::app::datasets::{Converted, InterruptedUpload};
+use brightrun_client::app::jobs::CreatedJob;
+use brightrun_client::app::models::DownloadedModel;
+use brightrun_client::transfer::{Phase, Progress, ProgressFn, UploadOutcome};
 use brightrun_core::{
     CostEstimate, Dataset, HyperparameterConfig, ModelArtifact, Notification, Severity,
     TrainingJob, ValidationReport, dataset::SplitSource,
@@ -69,26 +76,15 @@ impl Output {
         }
     }
 
-    pub fn error(&self, error: &anyhow::Error) {
-        let client = error
-            .chain()
-            .find_map(|e| e.downcast_ref::<brightrun_client::Error>());
-        let kind = client.map(|e| e.kind().code());
-        let hint = client
-            .and_then(brightrun_client::Error::api)
-            .and_then(|api| api.hint.as_deref());
-        let message = error_message(error);
+    /// A failed command: `{"error": {code, message, hint, retryable}}` on stdout with `--json`,
+    /// the message and the hint on stderr otherwise.
+    pub fn error(&self, error: &Error) {
+        let wire = error.to_wire();
         if self.json {
-            let mut json = serde_json::json!({
-                "error": {"code": kind.unwrap_or("other"), "message": message}
-            });
-            if let Some(hint) = hint {
-                json["error"]["hint"] = hint.into();
-            }
-            print_line(&json.to_string());
+            print_line(&serde_json::json!({ "error": wire }).to_string());
         } else {
-            eprintln!("error: {message}");
-            if let Some(hint) = hint {
+            eprintln!("error: {}", wire.message);
+            if let Some(hint) = &wire.hint {
                 eprintln!("  hint: {hint}");
             }
         }
@@ -121,19 +117,21 @@ impl Output {
     }
 }
 
-/// The error's chain as `{:#}` prints it, except that a server's answer is its own sentence
-/// (`hyperparameters.learning_rate must be a number in (0, 0.01], got 0.05`): the client's
-/// `Rest error 400 22023:` prefix says nothing a person can act on, and the code is in `--json`.
-fn error_message(error: &anyhow::Error) -> String {
-    let mut parts = Vec::new();
-    for cause in error.chain() {
-        if let Some(brightrun_client::Error::Api(api)) = cause.downcast_ref() {
-            parts.push(api.message.clone());
-            break;
-        }
-        parts.push(cause.to_string());
+/// A command line clap refuses: its own text, or with `--json` one JSON error document on
+/// stdout (as every other error), so a script reading stdout always gets JSON. Exit code 2.
+pub fn usage_error(e: &clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    let wants_json = std::env::args_os().any(|a| a == "--json");
+    if !wants_json || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
     }
-    parts.join(": ")
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let document =
+        serde_json::json!({"error": {"code": "usage", "message": message, "retryable": false}});
+    print_line(&document.to_string());
+    std::process::ExitCode::from(2)
 }
 
 pub enum Progressor {
@@ -292,11 +290,24 @@ pub fn uploaded(file: &Path, outcome: &UploadOutcome) -> String {
     )
 }
 
-pub fn datasets(list: &[Dataset]) -> String {
-    if list.is_empty() {
-        return "No datasets.".into();
+/// A note under a list shown from the cache.
+fn stale<T>(listing: &Listing<T>) -> String {
+    if !listing.stale {
+        return String::new();
     }
-    list.iter()
+    match listing.fetched_at {
+        Some(at) => format!("\n(cached list from {})", at.format("%Y-%m-%d %H:%M UTC")),
+        None => "\n(nothing cached yet)".to_owned(),
+    }
+}
+
+pub fn datasets(listing: &Listing<Dataset>) -> String {
+    let list = &listing.items;
+    if list.is_empty() {
+        return format!("No datasets.{}", stale(listing));
+    }
+    let rows = list
+        .iter()
         .map(|d| {
             format!(
                 "{}  {:<10}  {:>10}  {}",
@@ -307,7 +318,8 @@ pub fn datasets(list: &[Dataset]) -> String {
             )
         })
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    format!("{rows}{}", stale(listing))
 }
 
 pub fn dataset(d: &Dataset) -> String {
@@ -428,11 +440,22 @@ fn hyperparameters(hp: &HyperparameterConfig) -> String {
         .join("\n")
 }
 
-pub fn jobs(list: &[TrainingJob]) -> String {
-    if list.is_empty() {
-        return "No jobs.".into();
+pub fn jobs(listing: &Listing<TrainingJob>) -> String {
+    if listing.items.is_empty() {
+        return format!("No jobs.{}", stale(listing));
     }
-    list.iter().map(job_line).collect::<Vec<_>>().join("\n")
+    let rows = listing.items.iter().map(job_line).collect::<Vec<_>>();
+    format!("{}{}", rows.join("\n"), stale(listing))
+}
+
+/// A job's settings that are allowed but look wrong, on stderr, with how to change them.
+pub fn warnings(created: &CreatedJob) {
+    let id = created.job.id;
+    for warning in &created.warnings {
+        eprintln!(
+            "warning: {warning}. To change it: brightrun jobs cancel {id}, then brightrun jobs clone {id} --warmup-steps N."
+        );
+    }
 }
 
 pub fn models(list: &[ModelArtifact]) -> String {
@@ -450,8 +473,9 @@ pub fn models(list: &[ModelArtifact]) -> String {
         .join("\n")
 }
 
-pub fn downloaded(files: &[Downloaded]) -> String {
-    files
+pub fn downloaded(model: &DownloadedModel) -> String {
+    model
+        .files
         .iter()
         .map(|f| {
             let how = if f.already_present {
@@ -465,6 +489,127 @@ pub fn downloaded(files: &[Downloaded]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+pub fn account(a: &Account) -> String {
+    format!(
+        "{} ({}) at {}",
+        a.email.as_deref().unwrap_or("signed in with a token"),
+        a.user_id,
+        a.project_url
+    )
+}
+
+pub fn signed_up(outcome: &SignedUp) -> String {
+    match outcome {
+        SignedUp::SignedIn { account } => format!(
+            "Signed up and signed in as {}.",
+            account.email.as_deref().unwrap_or("?")
+        ),
+        SignedUp::ConfirmEmail { email } => format!(
+            "Signed up. Confirm the address with the email sent to {email}, then `brightrun login --email {email}`."
+        ),
+    }
+}
+
+pub fn converted(input: &Path, c: &Converted) -> String {
+    let dropped = match c.summary.blank_lines_dropped {
+        0 => String::new(),
+        n => format!(", {} dropped", plural(n, "blank line")),
+    };
+    format!(
+        "Converted {} to {}: {}, {}{dropped}.",
+        input.display(),
+        c.output.display(),
+        plural(c.summary.conversations, "conversation"),
+        plural(c.summary.messages, "message"),
+    )
+}
+
+pub fn interrupted(list: &[InterruptedUpload]) -> String {
+    if list.is_empty() {
+        return "No interrupted uploads.".into();
+    }
+    list.iter()
+        .map(|u| {
+            let state = if u.file_present {
+                format!("{} of {} uploaded", mib(u.confirmed), mib(u.bytes))
+            } else {
+                "the file is gone or changed".to_owned()
+            };
+            format!(
+                "{}  {} ({state}); resume: brightrun datasets upload {}",
+                u.dataset_name,
+                u.path.display(),
+                u.path.display()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn model(m: &ModelArtifact) -> String {
+    let files = m
+        .artifacts
+        .download_files()
+        .iter()
+        .map(|f| {
+            format!(
+                "    {} ({})",
+                f.name,
+                f.size.map_or_else(|| "size unknown".to_owned(), mib)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let base = m
+        .artifacts
+        .base_model
+        .as_deref()
+        .unwrap_or(&m.configuration.hyperparameters.base_model);
+    format!(
+        "{}\n  id: {}\n  job: {}\n  dataset: {}\n  base model: {base}\n  final loss: {:.4} ({})\n  training: {} epochs, {:.2} GPU-hours, ${:.2}\n  files:\n{files}",
+        m.name,
+        m.id,
+        m.job_id,
+        m.dataset_id,
+        m.quality_metrics.final_training_loss,
+        m.quality_metrics.convergence_quality,
+        m.training_summary.total_epochs,
+        m.training_summary.gpu_hours,
+        m.training_summary.total_cost,
+    )
+}
+
+pub fn costs(report: &CostReport) -> String {
+    let s = &report.summary;
+    let mut out = format!(
+        "{}: ${:.2} {} (compute ${:.2}, storage ${:.2}, transfer ${:.2})",
+        s.month.format("%B %Y"),
+        s.total,
+        s.currency,
+        s.by_type.compute,
+        s.by_type.storage,
+        s.by_type.data_transfer
+    );
+    if let Some(b) = &report.budget {
+        let state = if b.over {
+            " — over budget"
+        } else if b.alert {
+            " — past the alert threshold"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "\n  budget ${:.2}: {:.0} % used{state}",
+            b.budget,
+            b.used * 100.0
+        ));
+    }
+    for job in &s.by_job {
+        out.push_str(&format!("\n  {}  ${:.2}", job.job_id, job.amount));
+    }
+    out
 }
 
 pub fn notifications(list: &[Notification]) -> String {

@@ -23,6 +23,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use brightrun_supabase::Storage;
+
 use crate::error::{ApiError, Error, Result, Service};
 use crate::retry::{Idempotency, Retrier};
 use crate::secret::Secret;
@@ -36,6 +38,8 @@ pub const PAGE: usize = 1000;
 pub struct Api {
     session: Arc<Session>,
     retrier: Arc<Retrier>,
+    /// Storage with this session's token.
+    storage: Storage,
 }
 
 /// What a rename/describe may change: the only dataset columns a user may write. `None` leaves a
@@ -115,14 +119,27 @@ impl Api {
     }
 
     pub fn with_retrier(session: Arc<Session>, retrier: Retrier) -> Self {
+        let project = session.project();
+        let storage = Storage::new(
+            session.http().clone(),
+            &project.url,
+            Secret::new(project.anon_key.clone()),
+            session.clone(),
+        );
         Self {
             session,
             retrier: Arc::new(retrier),
+            storage,
         }
     }
 
     pub fn session(&self) -> &Arc<Session> {
         &self.session
+    }
+
+    /// Storage, authenticated as this session's user.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     /// Sends one request (with retries) and returns the successful answer's body.
@@ -284,6 +301,32 @@ impl Api {
             .map_err(|e| Error::Protocol(format!("create_dataset arguments: {e}")))?;
         self.rpc("create_dataset", args, Idempotency::NotIdempotent)
             .await
+    }
+
+    /// The caller's datasets still `uploading` with this name, file name and size, created
+    /// since `since`, newest first: what an upload interrupted between `create_dataset`
+    /// committing and its answer arriving left behind.
+    pub async fn uploading_datasets(
+        &self,
+        name: &str,
+        file_name: &str,
+        file_size: u64,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Dataset>> {
+        self.get(
+            "datasets",
+            &[
+                self.me(),
+                ("name", format!("eq.{name}")),
+                ("file_name", format!("eq.{file_name}")),
+                ("file_size", format!("eq.{file_size}")),
+                ("status", "eq.uploading".to_owned()),
+                ("deleted_at", "is.null".to_owned()),
+                ("created_at", format!("gte.{}", timestamp(since))),
+                ("order", "created_at.desc".to_owned()),
+            ],
+        )
+        .await
     }
 
     /// The file is uploaded: hand the dataset to validation (`confirm_dataset_upload`).
@@ -568,8 +611,8 @@ mod tests {
     #[test]
     fn not_found_reads_as_not_found() {
         assert_eq!(
-            not_found("dataset", Uuid::nil()).kind(),
-            crate::error::ErrorKind::NotFound,
+            not_found("dataset", Uuid::nil()).code(),
+            crate::error::ErrorCode::NotFound,
             "a missing row is NotFound for the UI"
         );
     }

@@ -1,6 +1,6 @@
 //! Which project the client talks to.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -61,24 +61,4 @@ impl LocalStackInfo {
     pub fn serves(&self, url: &Url) -> bool {
         self.url.trim_end_matches('/') == url.as_str().trim_end_matches('/')
     }
-}
-
-/// Where the local brightrun-stack keeps its data unless told otherwise:
-/// `$BRIGHTRUN_STACK_DATA`, else `/var/lib/brightrun/stack` for root (PostgreSQL then runs as an
-/// unprivileged user, who cannot enter root's home), else `$XDG_DATA_HOME/brightrun/stack`, else
-/// `~/.local/share/brightrun/stack`.
-pub fn local_stack_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("BRIGHTRUN_STACK_DATA").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir));
-    }
-    #[cfg(unix)]
-    if nix::unistd::geteuid().is_root() {
-        return Some(PathBuf::from("/var/lib/brightrun/stack"));
-    }
-    std::env::var_os("XDG_DATA_HOME")
-        .filter(|d| !d.is_empty())
-        .map(|d| PathBuf::from(d).join("brightrun/stack"))
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/brightrun/stack"))
-        })
 }

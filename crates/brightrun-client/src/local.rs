@@ -281,6 +281,76 @@ impl LocalDb {
         self.cursor(user_id, CacheKind::Dataset).await
     }
 
+    // -------------------------------------------------------------------------------------------
+    // Preferences and the catalogue
+    // -------------------------------------------------------------------------------------------
+
+    /// The stored preferences (JSON), if any were ever saved.
+    pub async fn preferences<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        let body: Option<String> = sqlx::query_scalar("select body from preferences where id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        body.map(|b| {
+            serde_json::from_str(&b)
+                .map_err(|e| Error::Protocol(format!("stored preferences: {e}")))
+        })
+        .transpose()
+    }
+
+    /// Replaces the stored preferences.
+    pub async fn set_preferences<T: Serialize>(&self, preferences: &T) -> Result<()> {
+        let body = serde_json::to_string(preferences)
+            .map_err(|e| Error::Protocol(format!("preferences: {e}")))?;
+        sqlx::query(
+            "insert into preferences (id, body, updated_at) values (1, ?1, ?2)
+             on conflict (id) do update set body = excluded.body, updated_at = excluded.updated_at",
+        )
+        .bind(body)
+        .bind(text(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A catalogue list (`gpu_types` or `presets`) as last fetched, with when.
+    pub async fn cached_catalogue<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+    ) -> Result<Option<(Vec<T>, DateTime<Utc>)>> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("select body, fetched_at from catalogue_cache where kind = ?1")
+                .bind(kind)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(body, at)| {
+            let items = serde_json::from_str(&body)
+                .map_err(|e| Error::Protocol(format!("cached {kind}: {e}")))?;
+            Ok((items, parse_time(&at)?))
+        })
+        .transpose()
+    }
+
+    /// Stores a catalogue list fetched at `fetched_at`.
+    pub async fn put_catalogue<T: Serialize>(
+        &self,
+        kind: &str,
+        items: &[T],
+        fetched_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let body =
+            serde_json::to_string(items).map_err(|e| Error::Protocol(format!("{kind}: {e}")))?;
+        sqlx::query(
+            "insert into catalogue_cache (kind, body, fetched_at) values (?1, ?2, ?3)
+             on conflict (kind) do update set body = excluded.body, fetched_at = excluded.fetched_at",
+        )
+        .bind(kind)
+        .bind(body)
+        .bind(text(fetched_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Replaces the cached job list of `user_id` with a full list from the server.
     pub async fn replace_jobs(
         &self,

@@ -1,4 +1,5 @@
-//! Secrets: a type that never prints and cannot be serialized, and where the refresh token lives.
+//! Where the refresh token lives. ([`Secret`], the type that never prints, is
+//! `brightrun_supabase`'s, shared with the worker.)
 //!
 //! The refresh token is the one long-lived credential. It is kept in a [`SecretStore`]: the OS
 //! keychain ([`KeychainStore`]) in the app and the CLI, memory ([`MemoryStore`]) in tests. Nothing
@@ -6,56 +7,10 @@
 
 use std::sync::Mutex;
 
+pub use brightrun_supabase::Secret;
+
 use crate::config::{BuildChannel, Project};
 use crate::error::{Error, Result};
-
-/// A token or password. `Debug` prints `<redacted>`; there is deliberately no `Serialize` and no
-/// `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The value, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// Reading a secret from a server answer is fine; writing one out is what must never happen.
-impl<'de> serde::Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> std::result::Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Self)
-    }
-}
-
-// Compile-time proof that `Secret` implements neither `Serialize` nor `Display`: if it did, the
-// trait method below would be ambiguous between the two impls and this would not compile.
-mod no_leak_impls {
-    trait AmbiguousIfImpl<A> {
-        fn some_item() {}
-    }
-    impl<T: ?Sized> AmbiguousIfImpl<()> for T {}
-    #[allow(dead_code)]
-    struct IfSerialize;
-    impl<T: ?Sized + serde::Serialize> AmbiguousIfImpl<IfSerialize> for T {}
-    #[allow(dead_code)]
-    struct IfDisplay;
-    impl<T: ?Sized + std::fmt::Display> AmbiguousIfImpl<IfDisplay> for T {}
-    const _: fn() = || {
-        let _ = <super::Secret as AmbiguousIfImpl<_>>::some_item;
-    };
-}
 
 /// Where the refresh token of one project's session is kept. Synchronous: platform keychains are
 /// blocking APIs (the Secret Service backend blocks on D-Bus), so async callers run these on a
@@ -85,9 +40,14 @@ pub struct KeychainStore {
 
 impl KeychainStore {
     pub fn new(project: &Project, channel: BuildChannel) -> Self {
+        Self::for_url(&project.url, channel)
+    }
+
+    /// The entry of the project at `url`.
+    pub fn for_url(url: &url::Url, channel: BuildChannel) -> Self {
         Self {
             service: format!("brightrun:{}", channel.as_str()),
-            user: project.url.as_str().trim_end_matches('/').to_owned(),
+            user: url.as_str().trim_end_matches('/').to_owned(),
         }
     }
 
@@ -178,25 +138,6 @@ impl SecretStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn debug_is_redacted() {
-        let secret = Secret::new("hunter2-refresh-token");
-        let printed = format!("{secret:?} {:?} {:#?}", Some(&secret), vec![secret.clone()]);
-        assert!(
-            !printed.contains("hunter2"),
-            "Debug must never print the value: {printed}"
-        );
-        assert!(
-            printed.contains("<redacted>"),
-            "Debug says it is redacted: {printed}"
-        );
-        assert_eq!(
-            secret.expose(),
-            "hunter2-refresh-token",
-            "expose gives the value back"
-        );
-    }
 
     #[test]
     fn memory_store_round_trips_and_deletes() {

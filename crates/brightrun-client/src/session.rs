@@ -15,6 +15,9 @@ use tokio::sync::{Mutex, RwLock};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use brightrun_supabase::storage::Credentials;
+use futures::future::BoxFuture;
+
 use crate::config::Project;
 use crate::error::{ApiError, Error, Result, Service};
 use crate::retry::{Idempotency, Retrier, RetryPolicy};
@@ -181,7 +184,88 @@ async fn grant(
         .await
 }
 
+/// What a sign-up gave.
+#[derive(Debug)]
+pub enum SignUp {
+    /// The project confirms new users at once (brightrun-stack, Supabase with confirmations
+    /// off): signed in.
+    SignedIn(Arc<Session>),
+    /// The project sent a confirmation email; sign in once it is confirmed.
+    ConfirmEmail,
+}
+
 impl Session {
+    /// Creates an account (`POST /auth/v1/signup`). When the project signs new users in at once,
+    /// the refresh token goes to `store` as with [`Session::sign_in`].
+    pub async fn sign_up(
+        project: Project,
+        store: Arc<dyn SecretStore>,
+        http: reqwest::Client,
+        email: &str,
+        password: &Secret,
+    ) -> Result<SignUp> {
+        let options = SessionOptions::default();
+        let retrier = Retrier::new(options.retry);
+        let url = project.endpoint("auth", "signup");
+        let body = serde_json::json!({ "email": email, "password": password.expose() });
+        // Creates a user: resent only if it certainly did not apply.
+        let (answer, received) = retrier
+            .run(Idempotency::NotIdempotent, |_| {
+                let request = http
+                    .post(url.clone())
+                    .header("apikey", &project.anon_key)
+                    .header(API_VERSION.0, API_VERSION.1)
+                    .json(&body);
+                async move {
+                    let response = request.send().await?;
+                    let received = Instant::now();
+                    if !response.status().is_success() {
+                        return Err(Error::from(
+                            ApiError::from_response(Service::Auth, response).await,
+                        ));
+                    }
+                    let answer: serde_json::Value = response
+                        .json()
+                        .await
+                        .map_err(|e| Error::Protocol(format!("sign-up answer: {e}")))?;
+                    Ok((answer, received))
+                }
+            })
+            .await?;
+        if answer.get("access_token").is_none() {
+            tracing::info!("signed up; the project sent a confirmation email");
+            return Ok(SignUp::ConfirmEmail);
+        }
+        let response: TokenResponse = serde_json::from_value(answer)
+            .map_err(|e| Error::Protocol(format!("sign-up session JSON: {e}")))?;
+        let session =
+            Self::keep(options, project, store, http, retrier, response, received).await?;
+        tracing::info!(user_id = %session.user_id, "signed up");
+        Ok(SignUp::SignedIn(session))
+    }
+
+    /// A new session from a token answer: the refresh token goes to `store` first.
+    async fn keep(
+        options: SessionOptions,
+        project: Project,
+        store: Arc<dyn SecretStore>,
+        http: reqwest::Client,
+        retrier: Retrier,
+        response: TokenResponse,
+        received: Instant,
+    ) -> Result<Arc<Self>> {
+        let refresh_token = response.refresh_token.clone();
+        if let Err(error) = in_store(&store, move |s| s.store(&refresh_token)).await {
+            // Without the keychain the session could not be restored or refreshed: end it on the
+            // server rather than leave it dangling.
+            let _ = logout(&project, &http, &response.access_token).await;
+            return Err(error);
+        }
+        Ok(Self::from_response(
+            options, project, store, http, retrier, &response, received,
+        ))
+    }
+
     /// Signs in with email and password; the refresh token goes to `store`.
     pub async fn sign_in(
         project: Project,
@@ -221,17 +305,10 @@ impl Session {
             &body,
         )
         .await?;
-        let refresh_token = response.refresh_token.clone();
-        if let Err(error) = in_store(&store, move |s| s.store(&refresh_token)).await {
-            // Without the keychain the session could not be restored or refreshed: end it on the
-            // server rather than leave it dangling.
-            let _ = logout(&project, &http, &response.access_token).await;
-            return Err(error);
-        }
-        tracing::info!(user_id = %response.user.id, "signed in");
-        Ok(Self::from_response(
-            options, project, store, http, retrier, &response, received,
-        ))
+        let session =
+            Self::keep(options, project, store, http, retrier, response, received).await?;
+        tracing::info!(user_id = %session.user_id, "signed in");
+        Ok(session)
     }
 
     /// The session kept in `store` by an earlier run, if it is still alive. The stored refresh
@@ -361,14 +438,14 @@ impl Session {
                     Ok(token) => {
                         if let Err(error) = logout(&self.project, &self.http, &token).await {
                             tracing::info!(
-                                kind = error.kind().code(),
+                                code = error.code().as_str(),
                                 "server sign-out failed; signing out locally"
                             );
                         }
                     }
                     Err(error) => {
                         tracing::info!(
-                            kind = error.kind().code(),
+                            code = error.code().as_str(),
                             "no access token to revoke; signing out locally"
                         );
                     }
@@ -408,6 +485,18 @@ impl Session {
     /// The one shared HTTP client (connection pool) of this session.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+}
+
+/// A session lends its access token to the Storage client: refreshed when due, and after Storage
+/// refused it.
+impl Credentials for Session {
+    fn bearer(&self) -> BoxFuture<'_, brightrun_supabase::Result<Secret>> {
+        Box::pin(async move { self.access_token().await.map_err(Into::into) })
+    }
+
+    fn refused<'a>(&'a self, token: &'a Secret) -> BoxFuture<'a, ()> {
+        Box::pin(self.reject_access_token(token))
     }
 }
 
@@ -454,7 +543,7 @@ impl Refreshing {
             // use it; the next call tries again.
             Err(error) if !is_dead_session(&error) && stale.is_valid() => {
                 tracing::warn!(
-                    kind = error.kind().code(),
+                    code = error.code().as_str(),
                     "token refresh failed; using the current token until it expires"
                 );
                 Ok(stale.token)

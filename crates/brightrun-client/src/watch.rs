@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::api::Api;
-use crate::error::{ErrorKind, Result};
+use crate::error::{ErrorCode, Result};
 use crate::local::{LocalDb, alert_key};
 use crate::retry::RetryPolicy;
 
@@ -67,7 +67,7 @@ pub enum Visibility {
 
 /// A job reached a terminal state the user wants to hear about. The text names the job by its
 /// dataset-free short id and status only: no token, no path.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct JobAlert {
     pub job_id: Uuid,
     pub status: JobStatus,
@@ -102,11 +102,12 @@ impl JobAlert {
     }
 }
 
-/// What the watcher reports.
-#[derive(Debug, Clone, PartialEq)]
+/// What the watcher reports (as JSON: `{"event": "job_updated", ...}`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum WatchEvent {
     /// A job is new or changed (status, progress, cost, ...).
-    JobUpdated(Box<TrainingJob>),
+    JobUpdated { job: Box<TrainingJob> },
     /// New metrics points of one attempt of a job, by step. When `attempt` differs from the one
     /// of this job's previous `Metrics`, the job was reclaimed and trains again from step 1:
     /// these points start a new curve that replaces the earlier attempt's.
@@ -116,13 +117,20 @@ pub enum WatchEvent {
         points: Vec<MetricsPoint>,
     },
     /// Raise a notification (already deduplicated).
-    Alert(JobAlert),
+    Alert { alert: JobAlert },
     /// A poll failed for a passing reason; the next one is in `retry_in`.
-    Offline { retry_in: Duration },
+    Offline {
+        #[serde(rename = "retry_in_secs", serialize_with = "seconds")]
+        retry_in: Duration,
+    },
     /// A poll succeeded after one or more failures.
     Online,
     /// The session ended (signed out, refresh token refused): the watcher stopped.
     SignedOut,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 /// How often to poll. The defaults: every 2 s while a job is active and the window is visible
@@ -317,7 +325,9 @@ impl JobWatcher {
 
         let mut events: Vec<WatchEvent> = fresh
             .iter()
-            .map(|job| WatchEvent::JobUpdated(Box::new(job.clone())))
+            .map(|job| WatchEvent::JobUpdated {
+                job: Box::new(job.clone()),
+            })
             .collect();
         events.extend(metrics);
         // Cancelled is not here: the user did it and needs no alert.
@@ -340,7 +350,9 @@ impl JobWatcher {
             // Claimed on the first sync too, silently: jobs that ended before the app was ever
             // opened here are not news, and must not become news later.
             if claimed && !first_sync {
-                events.push(WatchEvent::Alert(JobAlert::for_job(job)));
+                events.push(WatchEvent::Alert {
+                    alert: JobAlert::for_job(job),
+                });
             }
         }
         self.metrics.extend(advanced);
@@ -382,13 +394,13 @@ impl JobWatcher {
                     to_send.extend(batch);
                 }
                 // Includes Error::SignedOut.
-                Err(error) if error.kind() == ErrorKind::AuthExpired => {
+                Err(error) if error.code() == ErrorCode::AuthExpired => {
                     let _ = events.send(WatchEvent::SignedOut).await;
                     return;
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    tracing::debug!(kind = error.kind().code(), failures, "job poll failed");
+                    tracing::debug!(code = error.code().as_str(), failures, "job poll failed");
                 }
             }
             let delay =

@@ -188,6 +188,37 @@ fn round_half_away(value: f64, places: i32) -> f64 {
     rounded / scale
 }
 
+/// A month's spending against the user's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BudgetStatus {
+    pub budget: f64,
+    pub spent: f64,
+    /// `spent / budget`.
+    pub used: f64,
+    /// The alert threshold (0–1 of the budget) was reached.
+    pub alert: bool,
+    /// More than the budget was spent.
+    pub over: bool,
+}
+
+impl BudgetStatus {
+    /// `spent` against a monthly `budget`, alerting from `alert_at` (a fraction, e.g. 0.8).
+    /// `None` without a positive budget.
+    pub fn of(spent: f64, budget: f64, alert_at: f64) -> Option<Self> {
+        if !(budget.is_finite() && budget > 0.0) {
+            return None;
+        }
+        let used = spent / budget;
+        Some(Self {
+            budget,
+            spent,
+            used,
+            alert: used >= alert_at,
+            over: spent > budget,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::round_half_away;

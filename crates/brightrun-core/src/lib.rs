@@ -13,16 +13,23 @@
 
 mod text_enum;
 
+pub mod artifact;
 pub mod chart;
 pub mod cost;
 pub mod dataset;
+pub mod draft;
 pub mod model;
 pub mod tokenizer;
 
-pub use cost::{CostEstimate, CostEstimateInputs, CostModelError};
+pub use artifact::{
+    ArtifactFile, ArtifactManifest, DATASET_EXTENSIONS, DATASET_MAX_BYTES, DATASETS_BUCKET,
+    MODELS_BUCKET, PeftConfig,
+};
+pub use cost::{BudgetStatus, CostEstimate, CostEstimateInputs, CostModelError};
 pub use dataset::{
     DatasetStatistics, FormatGuess, Issue, IssueCode, Severity, ValidationOptions,
     ValidationReport, Validator, ValidatorError, detect_format, validate,
 };
+pub use draft::{DraftError, HyperparameterOverrides, JobDraft};
 pub use model::*;
 pub use tokenizer::{ByteTokenizer, TiktokenTokenizer, Tokenizer};

@@ -9,6 +9,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
+use crate::artifact::ArtifactManifest;
 use crate::cost::CostEstimate;
 use crate::text_enum::text_enum;
 
@@ -220,12 +221,128 @@ pub struct HyperparameterConfig {
     pub max_grad_norm: Option<f64>,
 }
 
-/// A hyperparameter outside the range the spec's schema allows.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {rule}")]
+/// A hyperparameter outside the bounds `create_training_job` enforces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("hyperparameters.{field} {rule}")]
 pub struct HyperparameterProblem {
+    pub field: String,
+    /// e.g. `must be a number in (0, 0.01]`.
+    pub rule: String,
+}
+
+/// The server's bounds of one numeric hyperparameter (`lora_private.check_hyperparameters` in
+/// the migrations): `[min, max]`, or `(min, max]` when `min_exclusive`. Checked here so a form
+/// marks a field before anything is sent; the server checks again and decides. A test holds
+/// the two to the same numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bound {
     pub field: &'static str,
-    pub rule: &'static str,
+    pub min: f64,
+    pub max: f64,
+    pub min_exclusive: bool,
+    pub whole: bool,
+}
+
+impl Bound {
+    pub fn admits(&self, value: f64) -> bool {
+        value.is_finite()
+            && value <= self.max
+            && (value > self.min || (!self.min_exclusive && value == self.min))
+            && (!self.whole || value.fract() == 0.0)
+    }
+
+    /// The rule in the server's words: `must be a whole number in [1, 256]`.
+    pub fn rule(&self) -> String {
+        format!(
+            "must be a {} in {}{}, {}]",
+            if self.whole { "whole number" } else { "number" },
+            if self.min_exclusive { "(" } else { "[" },
+            self.min,
+            self.max
+        )
+    }
+}
+
+/// Every numeric hyperparameter's bounds, as the server enforces them.
+pub const HYPERPARAMETER_BOUNDS: [Bound; 10] = [
+    Bound {
+        field: "learning_rate",
+        min: 0.0,
+        max: 0.01,
+        min_exclusive: true,
+        whole: false,
+    },
+    Bound {
+        field: "batch_size",
+        min: 1.0,
+        max: 256.0,
+        min_exclusive: false,
+        whole: true,
+    },
+    Bound {
+        field: "num_epochs",
+        min: 1.0,
+        max: 100.0,
+        min_exclusive: false,
+        whole: true,
+    },
+    Bound {
+        field: "lora_rank",
+        min: 1.0,
+        max: 256.0,
+        min_exclusive: false,
+        whole: true,
+    },
+    Bound {
+        field: "lora_alpha",
+        min: 1.0,
+        max: 1024.0,
+        min_exclusive: false,
+        whole: true,
+    },
+    Bound {
+        field: "lora_dropout",
+        min: 0.0,
+        max: 0.9,
+        min_exclusive: false,
+        whole: false,
+    },
+    Bound {
+        field: "warmup_steps",
+        min: 0.0,
+        max: 100_000.0,
+        min_exclusive: false,
+        whole: true,
+    },
+    Bound {
+        field: "weight_decay",
+        min: 0.0,
+        max: 1.0,
+        min_exclusive: false,
+        whole: false,
+    },
+    Bound {
+        field: "gradient_accumulation_steps",
+        min: 1.0,
+        max: 1024.0,
+        min_exclusive: false,
+        whole: true,
+    },
+    Bound {
+        field: "max_grad_norm",
+        min: 0.0,
+        max: 100.0,
+        min_exclusive: true,
+        whole: false,
+    },
+];
+
+/// A base model id as the server accepts it: `^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$`.
+pub fn is_model_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.len() <= 200
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'))
 }
 
 impl HyperparameterConfig {
@@ -246,65 +363,43 @@ impl HyperparameterConfig {
         ))
     }
 
-    /// The spec's range checks (its zod schema), all of them, so a form can mark every field.
+    /// Every value outside the server's bounds, so a form can mark every field at once.
     pub fn problems(&self) -> Vec<HyperparameterProblem> {
         let mut problems = Vec::new();
-        let mut check = |ok: bool, field: &'static str, rule: &'static str| {
-            if !ok {
-                problems.push(HyperparameterProblem { field, rule });
+        if !is_model_id(&self.base_model) {
+            problems.push(HyperparameterProblem {
+                field: "base_model".into(),
+                rule: "must be a model id like \"mistralai/Mistral-7B-v0.1\"".into(),
+            });
+        }
+        for bound in &HYPERPARAMETER_BOUNDS {
+            if let Some(value) = self.number(bound.field)
+                && !bound.admits(value)
+            {
+                problems.push(HyperparameterProblem {
+                    field: bound.field.into(),
+                    rule: format!("{}, got {value}", bound.rule()),
+                });
             }
-        };
-        check(
-            !self.base_model.trim().is_empty(),
-            "base_model",
-            "must not be empty",
-        );
-        check(
-            self.learning_rate.is_finite() && self.learning_rate > 0.0,
-            "learning_rate",
-            "must be a positive number",
-        );
-        check(
-            self.batch_size > 0,
-            "batch_size",
-            "must be a positive integer",
-        );
-        check(
-            self.num_epochs > 0,
-            "num_epochs",
-            "must be a positive integer",
-        );
-        check(
-            self.lora_rank > 0,
-            "lora_rank",
-            "must be a positive integer",
-        );
-        check(
-            self.lora_alpha > 0,
-            "lora_alpha",
-            "must be a positive integer",
-        );
-        check(
-            (0.0..=1.0).contains(&self.lora_dropout),
-            "lora_dropout",
-            "must be between 0 and 1",
-        );
-        check(
-            self.weight_decay.is_none_or(|w| w.is_finite() && w >= 0.0),
-            "weight_decay",
-            "must not be negative",
-        );
-        check(
-            self.gradient_accumulation_steps.is_none_or(|s| s > 0),
-            "gradient_accumulation_steps",
-            "must be a positive integer",
-        );
-        check(
-            self.max_grad_norm.is_none_or(|n| n.is_finite() && n > 0.0),
-            "max_grad_norm",
-            "must be a positive number",
-        );
+        }
         problems
+    }
+
+    /// A numeric field by its name (`None` for an optional field that is not set).
+    pub fn number(&self, field: &str) -> Option<f64> {
+        match field {
+            "learning_rate" => Some(self.learning_rate),
+            "batch_size" => Some(f64::from(self.batch_size)),
+            "num_epochs" => Some(f64::from(self.num_epochs)),
+            "lora_rank" => Some(f64::from(self.lora_rank)),
+            "lora_alpha" => Some(f64::from(self.lora_alpha)),
+            "lora_dropout" => Some(self.lora_dropout),
+            "warmup_steps" => self.warmup_steps.map(f64::from),
+            "weight_decay" => self.weight_decay,
+            "gradient_accumulation_steps" => self.gradient_accumulation_steps.map(f64::from),
+            "max_grad_norm" => self.max_grad_norm,
+            _ => None,
+        }
     }
 }
 
@@ -456,24 +551,6 @@ pub struct JobConfiguration {
     pub dataset_name: String,
 }
 
-/// Byte sizes of the artifact files.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArtifactFileSizes {
-    pub adapter_model: u64,
-    pub adapter_config: u64,
-    pub tokenizer: u64,
-}
-
-/// `model_artifacts.artifacts`: storage paths in `lora-models`, never URLs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ArtifactPaths {
-    pub adapter_model_path: String,
-    pub adapter_config_path: String,
-    pub tokenizer_path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file_sizes: Option<ArtifactFileSizes>,
-}
-
 /// A row of `model_artifacts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelArtifact {
@@ -489,7 +566,7 @@ pub struct ModelArtifact {
     pub quality_metrics: QualityMetrics,
     pub training_summary: TrainingSummary,
     pub configuration: JobConfiguration,
-    pub artifacts: ArtifactPaths,
+    pub artifacts: ArtifactManifest,
     pub parent_model_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -10,15 +10,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use brightrun_core::dataset::{
-    Conversation, Line, LineReader, Role as CoreRole, Split, ValidationOptions, ValidationReport,
-    validate_with_progress,
+    self, Conversation, Line, LineReader, Role as CoreRole, Split, ValidationOptions,
+    ValidationReport, validate_with_progress,
 };
 use brightrun_core::model::DatasetFormat;
 use brightrun_core::tokenizer::TiktokenTokenizer;
 use serde_json::Value;
 
-use crate::storage::{Storage, StorageError};
 use crate::trainer::{Role, Turn};
+use brightrun_supabase::Storage;
 
 /// How many conversations `sample_data` keeps.
 pub const SAMPLE_CONVERSATIONS: usize = 3;
@@ -27,7 +27,7 @@ const SAMPLE_MAX_BYTES: usize = 256 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(#[from] brightrun_supabase::Error),
     #[error("reading the dataset from storage failed after {bytes_read} bytes: {source}")]
     Read {
         bytes_read: u64,
@@ -140,7 +140,7 @@ pub async fn validate_object(
 }
 
 /// The conversations of a dataset, split as the validator split them: by `"split"` marks when
-/// any line has one, otherwise by the same 10 % xxh3 hash holdout.
+/// any line has one, otherwise by core's hash holdout (the validator's).
 #[derive(Debug, Clone, Default)]
 pub struct TrainingData {
     pub train: Vec<Vec<Turn>>,
@@ -148,8 +148,6 @@ pub struct TrainingData {
     /// Lines skipped because they are not conversations (a validated dataset has none).
     pub skipped: u64,
 }
-
-const HOLDOUT_PERCENT: u64 = 10;
 
 fn to_turns(conversation: &Conversation) -> Vec<Turn> {
     conversation
@@ -230,7 +228,8 @@ pub fn parse_training_data(
             continue;
         };
         any_mark |= conversation.split.is_some();
-        let held_out = xxhash_rust::xxh3::xxh3_64(bytes) % 100 < HOLDOUT_PERCENT;
+        let held_out =
+            dataset::in_holdout(dataset::line_hash(bytes), dataset::DEFAULT_HOLDOUT_PERCENT);
         all.push((to_turns(&conversation), conversation.split, held_out));
     }
     let mut data = TrainingData {

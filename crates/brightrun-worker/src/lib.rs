@@ -16,7 +16,6 @@ pub mod notify;
 pub mod queue;
 pub mod remote;
 pub mod runtime;
-pub mod storage;
 pub mod train_job;
 pub mod trainer;
 pub mod validate_job;

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use brightrun_supabase::Secret;
 use brightrun_worker::queue::QueuePolicy;
 use brightrun_worker::remote::FakeProvider;
-use brightrun_worker::storage::ServiceKey;
 use brightrun_worker::trainer::candle::{CandleBackend, CandleOptions};
 use brightrun_worker::trainer::scripted::ScriptedBackend;
 use brightrun_worker::{Backend, WorkerConfig};
@@ -110,21 +110,12 @@ enum LogFormat {
     Json,
 }
 
-/// The worker's directory when `--work-dir` is not given: beside the local stack's data
-/// directory (see `brightrun_client::config::local_stack_dir`), so `cargo xtask run` and a bare
-/// `brightrun-worker` use the same place and nothing is written into the current directory.
+/// The worker's directory when `--work-dir` is not given (`brightrun_dirs`: beside the local
+/// stack's data), so `cargo xtask run` and a bare `brightrun-worker` use the same place and
+/// nothing is written into the current directory.
 fn default_work_dir() -> Result<PathBuf> {
-    let env_dir = |name| {
-        std::env::var_os(name)
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-    };
-    if nix::unistd::geteuid().is_root() {
-        return Ok(PathBuf::from("/var/lib/brightrun/worker"));
-    }
-    env_dir("XDG_DATA_HOME")
-        .or_else(|| env_dir("HOME").map(|h| h.join(".local/share")))
-        .map(|d| d.join("brightrun/worker"))
+    brightrun_dirs::Dirs::from_process()
+        .worker_data()
         .context("no --work-dir given and neither XDG_DATA_HOME nor HOME is set")
 }
 
@@ -241,7 +232,7 @@ async fn serve(args: Args) -> Result<()> {
     let mut config = WorkerConfig::new(
         args.database_url,
         args.api_url,
-        ServiceKey::new(args.service_role_key),
+        Secret::new(args.service_role_key),
         work_dir.join("jobs"),
     );
     config.worker_id = args.worker_id.unwrap_or_else(|| {

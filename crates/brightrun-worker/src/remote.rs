@@ -119,7 +119,7 @@ pub(crate) async fn drive(
         None => {
             let dataset_url = ctx
                 .storage
-                .signed_url(bucket, path, Duration::from_secs(24 * 3600))
+                .sign_download(bucket, path, Duration::from_secs(24 * 3600))
                 .await
                 .map_err(|e| {
                     failed(
@@ -130,7 +130,7 @@ pub(crate) async fn drive(
             let submission = Submission {
                 job_id: lease.job_id,
                 hyperparameters,
-                dataset_url,
+                dataset_url: dataset_url.to_string(),
                 gpu_config: job.gpu_config.clone(),
             };
             let id = provider.submit(&submission).await.map_err(|e| {
@@ -265,7 +265,7 @@ struct FakeJob {
     step_ms: u64,
     fail: bool,
     cancelled: bool,
-    learning_rate: f64,
+    hyperparameters: HyperparameterConfig,
 }
 
 fn now_ms() -> u64 {
@@ -344,7 +344,7 @@ impl RemoteProvider for FakeProvider {
                 step_ms: self.step_time.as_millis().max(1) as u64,
                 fail: s.hyperparameters.base_model == crate::trainer::scripted::FAIL_TRAINING_MODEL,
                 cancelled: false,
-                learning_rate: s.hyperparameters.learning_rate,
+                hyperparameters: s.hyperparameters.clone(),
             };
             self.store(&job).await?;
             use tokio::io::AsyncWriteExt as _;
@@ -387,7 +387,7 @@ impl RemoteProvider for FakeProvider {
                     step,
                     total_steps: job.total_steps,
                     loss,
-                    learning_rate: job.learning_rate,
+                    learning_rate: job.hyperparameters.learning_rate,
                     tokens_per_second: 3200.0,
                 });
                 if step == job.total_steps {
@@ -439,8 +439,13 @@ impl RemoteProvider for FakeProvider {
                 ),
                 (
                     "adapter_config.json",
-                    serde_json::to_vec(&serde_json::json!({"peft_type": "LORA", "r": 4}))
-                        .unwrap_or_default(),
+                    serde_json::to_vec_pretty(&crate::trainer::candle::adapter_config(
+                        &job.hyperparameters.base_model,
+                        job.hyperparameters.lora_rank as usize,
+                        job.hyperparameters.lora_alpha,
+                        job.hyperparameters.lora_dropout,
+                    ))
+                    .unwrap_or_default(),
                 ),
                 ("tokenizer.json", b"{\"version\":\"1.0\"}".to_vec()),
             ];

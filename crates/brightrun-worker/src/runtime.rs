@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use crate::queue::{Queue, QueuePolicy};
 use crate::remote::RemoteProvider;
-use crate::storage::{ServiceKey, Storage};
 use crate::trainer::TrainerBackend;
+use brightrun_supabase::{Secret, Storage};
 
 /// What trains the jobs this worker claims.
 #[derive(Clone)]
@@ -54,7 +54,7 @@ pub struct WorkerConfig {
     pub database_url: String,
     /// The project URL, for Storage.
     pub api_url: String,
-    pub service_role_key: ServiceKey,
+    pub service_role_key: Secret,
     pub worker_id: String,
     /// Jobs (training or validation) run at once.
     pub concurrency: usize,
@@ -78,7 +78,7 @@ impl WorkerConfig {
     pub fn new(
         database_url: String,
         api_url: String,
-        service_role_key: ServiceKey,
+        service_role_key: Secret,
         work_dir: PathBuf,
     ) -> Self {
         Self {
@@ -150,7 +150,16 @@ pub async fn run(
         .connect(&config.database_url)
         .await
         .context("connecting to PostgreSQL")?;
-    let storage = Storage::new(&config.api_url, config.service_role_key.clone())?;
+    let api_url: url::Url = config
+        .api_url
+        .parse()
+        .with_context(|| format!("the API URL {:?} is not a URL", config.api_url))?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")?;
+    let key = config.service_role_key.clone();
+    let storage = Storage::new(http, &api_url, key.clone(), Arc::new(key));
     tokio::fs::create_dir_all(&config.work_dir)
         .await
         .with_context(|| format!("creating {}", config.work_dir.display()))?;

@@ -18,6 +18,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use brightrun_core::model::HyperparameterConfig;
+use brightrun_core::{ArtifactFile, ArtifactManifest, MODELS_BUCKET, PeftConfig};
+use brightrun_supabase::storage::UploadOptions;
 use chrono::Utc;
 use serde_json::{Value, json};
 use sqlx::Row as _;
@@ -30,10 +32,7 @@ use crate::queue::{
     QueueError, RetryDecision,
 };
 use crate::runtime::{Backend, Control, Ctx};
-use crate::storage::Uploaded;
 use crate::trainer::{Stage, TrainedAdapter, TrainerError, TrainerEvent, TrainingSpec};
-
-pub const MODELS_BUCKET: &str = "lora-models";
 
 /// How an attempt ended before the final bookkeeping.
 #[derive(Debug)]
@@ -526,14 +525,14 @@ async fn attempt(
         return Err(AttemptError::Stopped);
     }
     sink.handle(TrainerEvent::Stage(Stage::Saving)).await;
-    let uploaded = upload_adapter(ctx, job, &adapter).await?;
-    Ok(Uploaded3 { adapter, uploaded })
+    let manifest = upload_adapter(ctx, job, &adapter).await?;
+    Ok(Uploaded3 { adapter, manifest })
 }
 
-/// A trained adapter and its uploaded files.
+/// A trained adapter and the manifest of its uploaded files.
 pub struct Uploaded3 {
     adapter: TrainedAdapter,
-    uploaded: Vec<(String, Uploaded)>,
+    manifest: ArtifactManifest,
 }
 
 fn content_type(name: &str) -> &'static str {
@@ -555,7 +554,7 @@ async fn upload_adapter(
     ctx: &Ctx,
     job: &ClaimedJob,
     adapter: &TrainedAdapter,
-) -> Result<Vec<(String, Uploaded)>, AttemptError> {
+) -> Result<ArtifactManifest, AttemptError> {
     let prefix = attempt_prefix(job);
     let mut out = Vec::new();
     for file in &adapter.files {
@@ -575,7 +574,13 @@ async fn upload_adapter(
         let path = format!("{prefix}/{name}");
         let uploaded = ctx
             .storage
-            .upload_file(MODELS_BUCKET, &path, file, content_type(&name))
+            .upload_file(
+                MODELS_BUCKET,
+                &path,
+                file,
+                content_type(&name),
+                &UploadOptions::default(),
+            )
             .await
             .map_err(|e| {
                 let retry = if e.is_retryable() {
@@ -585,7 +590,13 @@ async fn upload_adapter(
                 };
                 failed(format!("uploading {name} failed: {e}"), retry)
             })?;
-        out.push((name, uploaded));
+        out.push(ArtifactFile {
+            content_type: Some(content_type(&name).to_owned()),
+            name,
+            path: uploaded.path,
+            size: Some(uploaded.size),
+            sha256: Some(uploaded.sha256),
+        });
     }
     if out.is_empty() {
         return Err(failed(
@@ -593,47 +604,33 @@ async fn upload_adapter(
             RetryDecision::Retryable,
         ));
     }
-    Ok(out)
-}
-
-/// `model_artifacts.artifacts`: the `files` list the downloader reads first, plus the spec's
-/// `*_path` / `file_sizes` / `sha256` keys for readers of the original shape.
-fn artifacts_json(prefix: &str, uploaded: &[(String, Uploaded)]) -> Value {
-    let files: Vec<Value> = uploaded
+    // The adapter's own description of itself: what PEFT will read.
+    let config = adapter
+        .files
         .iter()
-        .map(|(name, u)| {
-            json!({ "name": name, "path": u.path, "size": u.size, "sha256": u.sha256,
-                    "content_type": content_type(name) })
-        })
-        .collect();
-    let mut out =
-        json!({ "bucket": MODELS_BUCKET, "prefix": format!("{prefix}/"), "files": files });
-    let find = |pred: &dyn Fn(&str) -> bool| uploaded.iter().find(|(n, _)| pred(n));
-    let roles: [(&str, Option<&(String, Uploaded)>); 3] = [
-        (
-            "adapter_model",
-            find(&|n| n == "adapter_model.safetensors" || n.starts_with("adapter_model")),
-        ),
-        ("adapter_config", find(&|n| n == "adapter_config.json")),
-        (
-            "tokenizer",
-            find(&|n| n == "tokenizer.json").or_else(|| find(&|n| n.starts_with("tokenizer"))),
-        ),
-    ];
-    let mut sizes = serde_json::Map::new();
-    let mut digests = serde_json::Map::new();
-    for (role, file) in roles {
-        if let Some((_, u)) = file {
-            out[format!("{role}_path")] = json!(u.path);
-            sizes.insert(role.to_owned(), json!(u.size));
-            digests.insert(role.to_owned(), json!(u.sha256));
-        }
-    }
-    if sizes.len() == 3 {
-        out["file_sizes"] = Value::Object(sizes);
-    }
-    out["sha256"] = Value::Object(digests);
-    out
+        .find(|f| f.file_name().is_some_and(|n| n == "adapter_config.json"))
+        .ok_or_else(|| {
+            failed(
+                "the trainer wrote no adapter_config.json",
+                RetryDecision::Permanent,
+            )
+        })?;
+    let peft: PeftConfig = tokio::fs::read(config)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            failed(
+                format!("the trainer's adapter_config.json is not a LoRA config: {e}"),
+                RetryDecision::Permanent,
+            )
+        })?;
+    Ok(ArtifactManifest::new(
+        MODELS_BUCKET,
+        format!("{prefix}/"),
+        out,
+        peft,
+    ))
 }
 
 fn convergence(first: f64, last: f64) -> &'static str {
@@ -680,7 +677,6 @@ async fn conclude(
                 .or(t.validation_loss);
             let cost = t.billing.cost(1.0);
             let gpu_hours = t.billing.gpu_hours(1.0);
-            let prefix = attempt_prefix(job);
             let mut quality = json!({
                 "final_training_loss": final_loss,
                 "final_validation_loss": final_val.unwrap_or(final_loss),
@@ -731,7 +727,7 @@ async fn conclude(
                     "preset_id": job.preset_id, "hyperparameters": job.hyperparameters,
                     "gpu_config": job.gpu_config, "dataset_name": dataset_name,
                 }),
-                artifacts: artifacts_json(&prefix, &done.uploaded),
+                artifacts: json!(done.manifest),
                 final_cost: cost,
                 gpu_hours,
                 final_metrics: Some(final_metrics),
@@ -857,37 +853,5 @@ mod tests {
             (b.cost(0.0) - 1.5).abs() < 1e-9,
             "the overhead is billed once work starts"
         );
-    }
-
-    #[test]
-    fn artifacts_list_files_and_spec_keys() {
-        let up = |name: &str| {
-            (
-                name.to_owned(),
-                Uploaded {
-                    path: format!("u/j/attempt-1/{name}"),
-                    size: 3,
-                    sha256: "ab".into(),
-                },
-            )
-        };
-        let a = artifacts_json(
-            "u/j/attempt-1",
-            &[
-                up("adapter_model.safetensors"),
-                up("adapter_config.json"),
-                up("tokenizer.json"),
-            ],
-        );
-        assert_eq!(
-            a["files"].as_array().map(Vec::len),
-            Some(3),
-            "every file listed: {a}"
-        );
-        assert_eq!(
-            a["adapter_model_path"], "u/j/attempt-1/adapter_model.safetensors",
-            "spec key: {a}"
-        );
-        assert_eq!(a["file_sizes"]["tokenizer"], 3, "spec sizes: {a}");
     }
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use brightrun_supabase::ErrorCode;
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -131,7 +132,8 @@ pub async fn run(ctx: Arc<Ctx>, ds: ClaimedDataset, control: Arc<Control>) {
             } else {
                 RetryDecision::Permanent
             };
-            let message = if matches!(&e, DatasetError::Storage(s) if s.is_not_found()) {
+            let message = if matches!(&e, DatasetError::Storage(s) if s.code() == ErrorCode::NotFound)
+            {
                 "the uploaded file is missing from storage".to_owned()
             } else {
                 e.to_string()

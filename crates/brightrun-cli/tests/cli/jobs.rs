@@ -208,7 +208,7 @@ async fn out_of_range_hyperparameters_are_refused_with_the_reason_and_create_no_
         "an out-of-range learning rate fails: {output}"
     );
     assert!(
-        output.contains("error: creating the training job: hyperparameters.learning_rate")
+        output.contains("error: hyperparameters.learning_rate")
             && output.contains("(0, 0.01]")
             && output.contains("got 0.05"),
         "names the value, the allowed range and what was given: {output}"
@@ -241,31 +241,40 @@ async fn out_of_range_hyperparameters_are_refused_with_the_reason_and_create_no_
         "and the server's reason: {output}"
     );
 
-    // Values that cannot be right never reach the server.
-    for (option, value, reason) in [
-        ("--lora-dropout", "1.5", "below 1"),
-        ("--batch-size", "0", "at least 1"),
-        ("--warmup-steps", "-5", "at least 0"),
-        ("--learning-rate", "-0.001", "greater than 0"),
-        ("--max-grad-norm", "inf", "not a number"),
+    // Out of the server's bounds: refused by the same bounds before anything is sent, in the
+    // server's words.
+    for (option, value, field, range) in [
+        ("--lora-dropout", "1.5", "lora_dropout", "[0, 0.9]"),
+        ("--batch-size", "0", "batch_size", "[1, 256]"),
+        ("--learning-rate", "-0.001", "learning_rate", "(0, 0.01]"),
+        ("--max-grad-norm", "inf", "max_grad_norm", "(0, 100]"),
     ] {
-        let (status, _, output) = run(
+        let (status, json, output) = run(
             &user,
             dir.path(),
-            &[&["jobs", "create"][..], &spec, &[option, value]].concat(),
+            &[&["jobs", "create", "--json"][..], &spec, &[option, value]].concat(),
         )
         .await;
-        assert_eq!(
-            status.code(),
-            Some(2),
-            "{option} {value} is a usage error: {output}"
-        );
+        assert_eq!(status.code(), Some(1), "{option} {value} fails: {output}");
+        assert_eq!(json["error"]["code"], "validation_failed", "{output}");
+        let message = json["error"]["message"].as_str().unwrap_or_default();
         assert!(
-            output.contains(&format!("invalid value '{value}' for '{option}"))
-                && output.contains(reason),
-            "{option} {value}: names the option and why: {output}"
+            message.contains(&format!("hyperparameters.{field}")) && message.contains(range),
+            "{option} {value}: names the value and its range: {output}"
         );
     }
+    // Not a number of the option's type at all: clap's usage error.
+    let (status, _, output) = run(
+        &user,
+        dir.path(),
+        &[&["jobs", "create"][..], &spec, &["--warmup-steps", "ten"]].concat(),
+    )
+    .await;
+    assert_eq!(status.code(), Some(2), "a usage error: {output}");
+    assert!(
+        output.contains("invalid value 'ten' for '--warmup-steps"),
+        "names the option: {output}"
+    );
 
     assert_eq!(
         job_count(&user).await,
@@ -442,8 +451,7 @@ async fn a_hyperparameters_file_replaces_the_presets_values_and_options_still_wi
     .await;
     assert!(!status.success(), "an unknown key fails: {output}");
     assert!(
-        output.contains("unknown hyperparameter \"learning_rte\"")
-            && output.contains("learning_rate"),
+        output.contains("unknown field `learning_rte`") && output.contains("`learning_rate`"),
         "names the key and lists the known ones: {output}"
     );
     assert_eq!(job_count(&user).await, before, "no job was created");
@@ -579,7 +587,7 @@ async fn a_refused_command_line_is_a_json_error_with_json() {
             "--gpu",
             "A100-80GB",
             "--batch-size",
-            "0",
+            "many",
         ],
     )
     .await;
@@ -589,7 +597,8 @@ async fn a_refused_command_line_is_a_json_error_with_json() {
         "on stdout, as JSON: {output}"
     );
     assert_eq!(
-        json["error"]["message"], "invalid value '0' for '--batch-size <N>': must be at least 1",
+        json["error"]["message"],
+        "invalid value 'many' for '--batch-size <N>': invalid digit found in string",
         "with clap's reason: {output}"
     );
     assert_eq!(job_count(&user).await, 0, "nothing was created");

@@ -13,10 +13,8 @@
 //! Names come from the server and are not trusted: [`sanitize_file_name`] keeps one plain
 //! component, so nothing is ever written outside `dir`.
 //!
-//! Where the digests are: `model_artifacts.artifacts` either lists files,
-//! `{"files": [{"name", "path", "size", "sha256"}]}`, or has the spec's keys
-//! `adapter_model_path`/`adapter_config_path`/`tokenizer_path` with `file_sizes.<key>` and
-//! `sha256.<key>` (key without `_path`), hex-encoded.
+//! Where the digests are: the artifact's manifest (`brightrun_core::ArtifactManifest`), which the
+//! worker wrote when it stored the files.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,35 +22,17 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 use url::Url;
 use uuid::Uuid;
 
-use crate::error::{ApiError, Service};
-use crate::retry::RetryPolicy;
+use brightrun_core::{ArtifactFile, ArtifactManifest};
+use brightrun_supabase::{Backoff, RetryPolicy};
+
+use crate::api::Api;
+use crate::error::{ApiError, Error, Result, Service};
 use crate::session::Session;
-use crate::transfer::TransferError;
-use crate::transfer::backoff::Backoff;
-use crate::transfer::http;
 use crate::transfer::progress::{Meter, Phase, ProgressFn};
-
-/// The bucket adapters are stored in.
-pub const MODELS_BUCKET: &str = "lora-models";
-
-/// One file of an artifact, as the server recorded it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArtifactFile {
-    /// The name to save it under (sanitised before use).
-    pub name: String,
-    pub bucket: String,
-    /// The object path in `bucket`.
-    pub path: String,
-    pub size: Option<u64>,
-    /// Lowercase hex.
-    pub sha256: Option<String>,
-}
 
 /// How to download. [`Default`] gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -101,61 +81,6 @@ pub struct Downloaded {
     pub already_present: bool,
     /// Where this run started when it resumed a `.part` file.
     pub resumed_from: u64,
-}
-
-/// The files of a `model_artifacts.artifacts` object (see the module docs for the shapes).
-pub fn artifact_files(artifacts: &Value) -> Result<Vec<ArtifactFile>, TransferError> {
-    let bucket = artifacts
-        .get("bucket")
-        .and_then(Value::as_str)
-        .unwrap_or(MODELS_BUCKET)
-        .to_owned();
-    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    let mut out = Vec::new();
-    if let Some(files) = artifacts.get("files").and_then(Value::as_array) {
-        for f in files {
-            let Some(path) = str_of(f, "path") else {
-                continue;
-            };
-            out.push(ArtifactFile {
-                name: str_of(f, "name").unwrap_or_else(|| last_segment(&path)),
-                bucket: str_of(f, "bucket").unwrap_or_else(|| bucket.clone()),
-                path,
-                size: f.get("size").and_then(Value::as_u64),
-                sha256: str_of(f, "sha256").map(|s| s.to_ascii_lowercase()),
-            });
-        }
-    } else if let Some(map) = artifacts.as_object() {
-        for (key, value) in map {
-            let (Some(stem), Some(path)) = (key.strip_suffix("_path"), value.as_str()) else {
-                continue;
-            };
-            out.push(ArtifactFile {
-                name: last_segment(path),
-                bucket: bucket.clone(),
-                path: path.to_owned(),
-                size: artifacts
-                    .get("file_sizes")
-                    .and_then(|s| s.get(stem))
-                    .and_then(Value::as_u64),
-                sha256: artifacts
-                    .get("sha256")
-                    .and_then(|s| s.get(stem))
-                    .and_then(Value::as_str)
-                    .map(str::to_ascii_lowercase),
-            });
-        }
-    }
-    if out.is_empty() {
-        return Err(TransferError::Client(crate::Error::Protocol(
-            "the artifact lists no files".into(),
-        )));
-    }
-    Ok(out)
-}
-
-fn last_segment(path: &str) -> String {
-    path.rsplit(['/', '\\']).next().unwrap_or(path).to_owned()
 }
 
 /// One plain file name from a name the server gave: the last `/` or `\` component, control
@@ -215,7 +140,7 @@ struct SegmentState {
 /// Downloads artifact files for one session.
 #[derive(Debug, Clone)]
 pub struct Downloader {
-    session: Arc<Session>,
+    api: Api,
     options: DownloadOptions,
 }
 
@@ -227,6 +152,7 @@ struct SignedUrl {
 
 struct Job<'a> {
     dl: &'a Downloader,
+    bucket: &'a str,
     file: &'a ArtifactFile,
     name: String,
     part: PathBuf,
@@ -238,26 +164,16 @@ struct Job<'a> {
 
 impl Downloader {
     pub fn new(session: Arc<Session>, options: DownloadOptions) -> Self {
-        Self { session, options }
+        Self::with_api(Api::new(session), options)
     }
 
-    /// The files of artifact `artifact_id` (a `model_artifacts` row the user can see).
-    pub async fn artifact(&self, artifact_id: Uuid) -> Result<Vec<ArtifactFile>, TransferError> {
-        let rows: Vec<Value> = http::select(
-            &self.session,
-            "model_artifacts",
-            &[
-                ("select", "id,artifacts".to_owned()),
-                ("id", format!("eq.{artifact_id}")),
-            ],
-        )
-        .await?;
-        let row = rows.into_iter().next().ok_or_else(|| {
-            TransferError::Client(crate::Error::Protocol(format!(
-                "artifact {artifact_id} not found"
-            )))
-        })?;
-        artifact_files(row.get("artifacts").unwrap_or(&Value::Null))
+    pub fn with_api(api: Api, options: DownloadOptions) -> Self {
+        Self { api, options }
+    }
+
+    /// The manifest of artifact `artifact_id` (a `model_artifacts` row the user can see).
+    pub async fn manifest(&self, artifact_id: Uuid) -> Result<ArtifactManifest> {
+        Ok(self.api.model_artifact(artifact_id).await?.artifacts)
     }
 
     /// Downloads every file of an artifact into `dir`.
@@ -266,11 +182,28 @@ impl Downloader {
         artifact_id: Uuid,
         dir: &Path,
         progress: Option<ProgressFn>,
-    ) -> Result<Vec<Downloaded>, TransferError> {
-        let files = self.artifact(artifact_id).await?;
+    ) -> Result<Vec<Downloaded>> {
+        let manifest = self.manifest(artifact_id).await?;
+        self.download_manifest(&manifest, dir, progress).await
+    }
+
+    /// Downloads every file of `manifest` into `dir`.
+    pub async fn download_manifest(
+        &self,
+        manifest: &ArtifactManifest,
+        dir: &Path,
+        progress: Option<ProgressFn>,
+    ) -> Result<Vec<Downloaded>> {
+        let files = manifest.download_files();
+        if files.is_empty() {
+            return Err(Error::Protocol("the artifact lists no files".into()));
+        }
         let mut out = Vec::with_capacity(files.len());
         for file in &files {
-            out.push(self.download_file(file, dir, progress.clone()).await?);
+            out.push(
+                self.download_file(&manifest.bucket, file, dir, progress.clone())
+                    .await?,
+            );
         }
         Ok(out)
     }
@@ -278,20 +211,21 @@ impl Downloader {
     /// Downloads one file into `dir` (created if missing), resuming a `.part` file there.
     pub async fn download_file(
         &self,
+        bucket: &str,
         file: &ArtifactFile,
         dir: &Path,
         progress: Option<ProgressFn>,
-    ) -> Result<Downloaded, TransferError> {
-        let name = sanitize_file_name(&file.name)
-            .ok_or_else(|| TransferError::UnsafeName(file.name.clone()))?;
+    ) -> Result<Downloaded> {
+        let name =
+            sanitize_file_name(&file.name).ok_or_else(|| Error::UnsafeName(file.name.clone()))?;
         if self.options.require_digest && file.sha256.is_none() {
-            return Err(TransferError::NoDigest(name));
+            return Err(Error::NoDigest(name));
         }
         tokio::fs::create_dir_all(dir).await?;
         let dir = tokio::fs::canonicalize(dir).await?;
         let dest = dir.join(&name);
         if dest.parent() != Some(dir.as_path()) {
-            return Err(TransferError::UnsafeName(file.name.clone()));
+            return Err(Error::UnsafeName(file.name.clone()));
         }
         let mut meter = Meter::new(progress, file.size.unwrap_or(0));
         meter.item(Some(name.clone()));
@@ -316,6 +250,7 @@ impl Downloader {
 
         let job = Job {
             dl: self,
+            bucket,
             file,
             part: dir.join(format!("{name}.part")),
             sidecar: dir.join(format!("{name}.part.json")),
@@ -330,13 +265,13 @@ impl Downloader {
             lock(&job.meter).phase(Phase::Verifying, size, size);
             let actual = sha256_file(&job.part).await?;
             let mismatch = match &file.sha256 {
-                Some(expected) if *expected != actual => Some(TransferError::DigestMismatch {
+                Some(expected) if *expected != actual => Some(Error::DigestMismatch {
                     name: job.name.clone(),
                     expected: expected.clone(),
                     actual: actual.clone(),
                 }),
                 _ => match file.size {
-                    Some(expected) if expected != size => Some(TransferError::SizeMismatch {
+                    Some(expected) if expected != size => Some(Error::SizeMismatch {
                         name: job.name.clone(),
                         expected,
                         actual: size,
@@ -383,10 +318,10 @@ enum FetchError {
     BadToken(ApiError),
     /// The object changed under a resumed download: start over.
     Changed,
-    Other(TransferError),
+    Other(Error),
 }
 
-impl<E: Into<TransferError>> From<E> for FetchError {
+impl<E: Into<Error>> From<E> for FetchError {
     fn from(e: E) -> Self {
         Self::Other(e.into())
     }
@@ -399,45 +334,30 @@ impl Job<'_> {
     }
 
     /// A signed URL newer than `seen` (0: any).
-    async fn signed_url(&self, seen: u64) -> Result<(Url, u64), TransferError> {
+    async fn signed_url(&self, seen: u64) -> Result<(Url, u64)> {
         let mut guard = self.signed.lock().await;
         if let Some(s) = guard.as_ref()
             && s.generation > seen
         {
             return Ok((s.url.clone(), s.generation));
         }
-        let url = http::storage_url(
-            &self.dl.session,
-            &["object", "sign", &self.file.bucket],
-            &self.file.path,
-        );
-        let body = json!({"expiresIn": self.dl.options.signed_url_ttl.as_secs().max(1)});
+        let storage = self.dl.api.storage();
+        let ttl = self.dl.options.signed_url_ttl;
         let mut backoff = Backoff::new(self.dl.options.retry);
-        let answer = loop {
-            match http::storage_post(&self.dl.session, url.clone(), &body).await {
-                Ok(a) => break a,
-                Err(e) if e.is_retryable() => match backoff.next_delay(e.retry_after()) {
-                    Some(d) => tokio::time::sleep(d).await,
-                    None => {
-                        return Err(TransferError::RetriesExhausted {
-                            attempts: backoff.attempts(),
-                            last: Box::new(e),
-                        });
-                    }
-                },
-                Err(e) => return Err(e),
+        let url = loop {
+            match storage
+                .sign_download(self.bucket, &self.file.path, ttl)
+                .await
+            {
+                Ok(url) => break url,
+                Err(e) if e.is_retryable() => backoff
+                    .wait(e)
+                    .await
+                    .map_err(|last| exhausted(&backoff, last.into()))?,
+                Err(e) => return Err(e.into()),
             }
         };
-        let relative = answer
-            .get("signedURL")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                TransferError::Client(crate::Error::Protocol(
-                    "sign answer has no signedURL".into(),
-                ))
-            })?;
         let generation = guard.as_ref().map_or(1, |s| s.generation + 1);
-        let url = http::storage_relative(&self.dl.session, relative)?;
         *guard = Some(SignedUrl {
             url: url.clone(),
             generation,
@@ -446,7 +366,7 @@ impl Job<'_> {
     }
 
     /// Every byte into `.part`; returns the size and where this run started.
-    async fn fetch(&self) -> Result<(u64, u64), TransferError> {
+    async fn fetch(&self) -> Result<(u64, u64)> {
         let mut backoff = Backoff::new(self.dl.options.retry);
         let mut seen = 0;
         loop {
@@ -530,13 +450,14 @@ impl Job<'_> {
         loop {
             let result = self
                 .dl
-                .session
+                .api
+                .session()
                 .http()
                 .head(url.clone())
                 .timeout(self.dl.options.stall_timeout)
                 .send()
                 .await;
-            let e: TransferError = match result {
+            let e: Error = match result {
                 Ok(r) if r.status().is_success() => {
                     let size = r
                         .headers()
@@ -544,9 +465,7 @@ impl Job<'_> {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok())
                         .ok_or_else(|| {
-                            TransferError::Client(crate::Error::Protocol(
-                                "no Content-Length for the object".into(),
-                            ))
+                            Error::Protocol("no Content-Length for the object".into())
                         })?;
                     let etag = r
                         .headers()
@@ -560,10 +479,10 @@ impl Job<'_> {
                     if is_bad_token(&api) {
                         return Err(FetchError::BadToken(api));
                     }
-                    TransferError::from_api(api)
+                    Error::Api(api)
                 }
-                // The signed URL carries a token: keep it out of the error (and so of logs).
-                Err(e) => e.without_url().into(),
+                // The signed URL carries a token: `From` keeps it out of the error (and logs).
+                Err(e) => e.into(),
             };
             if !e.is_retryable() {
                 return Err(FetchError::Other(e));
@@ -671,21 +590,21 @@ impl Job<'_> {
         segmented: bool,
     ) -> Result<(), FetchError> {
         let stall = self.dl.options.stall_timeout;
-        let request = self.dl.session.http().get(url.clone()).header(
+        let request = self.dl.api.session().http().get(url.clone()).header(
             reqwest::header::RANGE,
             format!("bytes={}-{}", seg.pos, seg.end - 1),
         );
         let response = tokio::time::timeout(stall, request.send())
             .await
-            .map_err(|_| TransferError::Stalled(stall))?
-            .map_err(reqwest::Error::without_url)?;
+            .map_err(|_| Error::Stalled(stall))?
+            .map_err(Error::from)?;
         let status = response.status();
         if !status.is_success() {
             let api = storage_error(response).await;
             if is_bad_token(&api) {
                 return Err(FetchError::BadToken(api));
             }
-            return Err(FetchError::Other(TransferError::from_api(api)));
+            return Err(FetchError::Other(Error::Api(api)));
         }
         let answer_etag = response
             .headers()
@@ -704,16 +623,14 @@ impl Job<'_> {
                 .and_then(|v| v.split('-').next())
                 .and_then(|v| v.parse::<u64>().ok());
             if start != Some(seg.pos) {
-                return Err(FetchError::Other(TransferError::Client(
-                    crate::Error::Protocol(format!(
-                        "asked for bytes from {}, got Content-Range starting at {start:?}",
-                        seg.pos
-                    )),
-                )));
+                return Err(FetchError::Other(Error::Protocol(format!(
+                    "asked for bytes from {}, got Content-Range starting at {start:?}",
+                    seg.pos
+                ))));
             }
         } else if seg.pos != 0 || seg.end != shared.lock().map(|s| s.size).unwrap_or(0) {
-            return Err(FetchError::Other(TransferError::Client(
-                crate::Error::Protocol("the server ignored the Range header".into()),
+            return Err(FetchError::Other(Error::Protocol(
+                "the server ignored the Range header".into(),
             )));
         }
 
@@ -728,12 +645,12 @@ impl Job<'_> {
         let result: Result<(), FetchError> = loop {
             let next = match tokio::time::timeout(stall, stream.next()).await {
                 Ok(next) => next,
-                Err(_) => break Err(TransferError::Stalled(stall).into()),
+                Err(_) => break Err(Error::Stalled(stall).into()),
             };
             let bytes = match next {
                 None => break Ok(()),
                 Some(Ok(b)) => b,
-                Some(Err(e)) => break Err(TransferError::Interrupted(e.without_url()).into()),
+                Some(Err(e)) => break Err(Error::from(e).into()),
             };
             let take = usize::try_from((seg.end - pos).min(bytes.len() as u64)).unwrap_or(0);
             // Flushed before it is counted: what progress reports is in the file (the page
@@ -762,9 +679,10 @@ impl Job<'_> {
         // Whatever arrived is kept: record it, so the retry (or the next run) starts there.
         self.checkpoint(&mut file, shared, i, pos).await?;
         if result.is_ok() && pos < seg.end {
-            return Err(FetchError::Other(TransferError::Client(
-                crate::Error::Protocol(format!("the range ended at {pos}, before {}", seg.end)),
-            )));
+            return Err(FetchError::Other(Error::Protocol(format!(
+                "the range ended at {pos}, before {}",
+                seg.end
+            ))));
         }
         result
     }
@@ -791,16 +709,17 @@ impl Job<'_> {
     }
 }
 
-async fn wait(backoff: &mut Backoff, last: TransferError) -> Result<(), FetchError> {
-    match backoff.next_delay(last.retry_after()) {
-        Some(d) => {
-            tokio::time::sleep(d).await;
-            Ok(())
-        }
-        None => Err(FetchError::Other(TransferError::RetriesExhausted {
-            attempts: backoff.attempts(),
-            last: Box::new(last),
-        })),
+async fn wait(backoff: &mut Backoff, last: Error) -> Result<(), FetchError> {
+    backoff
+        .wait(last)
+        .await
+        .map_err(|last| FetchError::Other(exhausted(backoff, last)))
+}
+
+fn exhausted(backoff: &Backoff, last: Error) -> Error {
+    Error::RetriesExhausted {
+        attempts: backoff.attempts(),
+        last: Box::new(last),
     }
 }
 
@@ -818,28 +737,17 @@ async fn read_sidecar(path: &Path) -> Option<PartState> {
     serde_json::from_slice(&text).ok()
 }
 
-async fn write_sidecar(path: &Path, state: &PartState) -> Result<(), TransferError> {
+async fn write_sidecar(path: &Path, state: &PartState) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_vec(state)
-        .map_err(|e| TransferError::Client(crate::Error::Protocol(e.to_string())))?;
+    let text = serde_json::to_vec(state).map_err(|e| Error::Protocol(e.to_string()))?;
     tokio::fs::write(&tmp, text).await?;
     tokio::fs::rename(&tmp, path).await?;
     Ok(())
 }
 
 /// SHA-256 of a file, lowercase hex.
-pub async fn sha256_file(path: &Path) -> Result<String, TransferError> {
-    let mut file = tokio::fs::File::open(path).await?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+pub async fn sha256_file(path: &Path) -> Result<String> {
+    Ok(brightrun_supabase::storage::sha256_file(path).await?.1)
 }
 
 fn lock(meter: &Mutex<Meter>) -> std::sync::MutexGuard<'_, Meter> {
@@ -885,51 +793,6 @@ mod tests {
             sanitize_file_name(&long).map(|s| s.len()),
             Some(200),
             "long names are cut to 200 bytes"
-        );
-    }
-
-    #[test]
-    fn artifact_files_read_both_shapes() {
-        let listed = json!({"files": [
-            {"name": "adapter_model.safetensors", "path": "u/j/adapter_model.safetensors", "size": 10, "sha256": "AB"}
-        ]});
-        let files = artifact_files(&listed).expect("files");
-        assert_eq!(files.len(), 1, "one listed file");
-        assert_eq!(files[0].bucket, MODELS_BUCKET, "default bucket");
-        assert_eq!(
-            files[0].sha256.as_deref(),
-            Some("ab"),
-            "digests are lowercased"
-        );
-
-        let spec = json!({
-            "adapter_model_path": "u/j/adapter_model.safetensors",
-            "adapter_config_path": "u/j/adapter_config.json",
-            "tokenizer_path": "u/j/tokenizer.json",
-            "file_sizes": {"adapter_model": 1, "adapter_config": 2, "tokenizer": 3},
-            "sha256": {"adapter_model": "aa", "adapter_config": "bb", "tokenizer": "cc"}
-        });
-        let mut files = artifact_files(&spec).expect("files");
-        files.sort_by(|a, b| a.name.cmp(&b.name));
-        let names: Vec<_> = files.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "adapter_config.json",
-                "adapter_model.safetensors",
-                "tokenizer.json"
-            ],
-            "one file per *_path key"
-        );
-        assert_eq!(files[1].size, Some(1), "sizes from file_sizes");
-        assert_eq!(
-            files[2].sha256.as_deref(),
-            Some("cc"),
-            "digests from sha256"
-        );
-        assert!(
-            artifact_files(&json!({})).is_err(),
-            "an artifact without files is an error"
         );
     }
 }

@@ -4,7 +4,7 @@
 
 use sqlx::SqlitePool;
 
-use crate::transfer::TransferError;
+use crate::error::{Error, Result};
 
 /// Where an upload is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,12 +89,12 @@ type Row = (
 const COLUMNS: &str = "id, project_url, user_id, file_path, file_size, file_mtime_ns, file_sha256, \
      dataset_name, stage, dataset_id, storage_bucket, storage_path, tus_url, confirmed_offset, started_at";
 
-fn record(row: Row) -> Result<UploadRecord, TransferError> {
+fn record(row: Row) -> Result<UploadRecord> {
     let stage = Stage::parse(&row.8).ok_or_else(|| {
-        TransferError::Client(crate::Error::Protocol(format!(
+        Error::Protocol(format!(
             "unknown upload stage {:?} in the local database",
             row.8
-        )))
+        ))
     })?;
     Ok(UploadRecord {
         id: row.0,
@@ -144,7 +144,7 @@ impl UploadStateStore {
         project_url: &str,
         user_id: &str,
         file_path: &str,
-    ) -> Result<Option<UploadRecord>, TransferError> {
+    ) -> Result<Option<UploadRecord>> {
         let row: Option<Row> = sqlx::query_as(&format!(
             "select {COLUMNS} from upload_state where project_url = ?1 and user_id = ?2 and file_path = ?3"
         ))
@@ -157,11 +157,7 @@ impl UploadStateStore {
     }
 
     /// All uploads of a user that have not been confirmed.
-    pub async fn unfinished(
-        &self,
-        project_url: &str,
-        user_id: &str,
-    ) -> Result<Vec<UploadRecord>, TransferError> {
+    pub async fn unfinished(&self, project_url: &str, user_id: &str) -> Result<Vec<UploadRecord>> {
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "select {COLUMNS} from upload_state where project_url = ?1 and user_id = ?2 and stage <> 'confirmed' order by id"
         ))
@@ -173,11 +169,7 @@ impl UploadStateStore {
     }
 
     /// Dataset ids some row of this user already owns (so recovery never adopts one twice).
-    pub async fn known_dataset_ids(
-        &self,
-        project_url: &str,
-        user_id: &str,
-    ) -> Result<Vec<String>, TransferError> {
+    pub async fn known_dataset_ids(&self, project_url: &str, user_id: &str) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "select dataset_id from upload_state where project_url = ?1 and user_id = ?2 and dataset_id is not null",
         )
@@ -195,7 +187,7 @@ impl UploadStateStore {
         file_path: &str,
         fingerprint: &Fingerprint,
         dataset_name: &str,
-    ) -> Result<UploadRecord, TransferError> {
+    ) -> Result<UploadRecord> {
         let t = now();
         let id: i64 = sqlx::query_scalar(
             "insert into upload_state (project_url, user_id, file_path, file_size, file_mtime_ns,
@@ -237,7 +229,7 @@ impl UploadStateStore {
     }
 
     /// Writes the mutable part of `record` (stage, dataset, TUS URL, offset).
-    pub async fn save(&self, record: &UploadRecord) -> Result<(), TransferError> {
+    pub async fn save(&self, record: &UploadRecord) -> Result<()> {
         sqlx::query(
             "update upload_state set stage = ?2, dataset_id = ?3, storage_bucket = ?4,
                storage_path = ?5, tus_url = ?6, confirmed_offset = ?7, updated_at = ?8
@@ -256,7 +248,7 @@ impl UploadStateStore {
         Ok(())
     }
 
-    pub async fn delete(&self, id: i64) -> Result<(), TransferError> {
+    pub async fn delete(&self, id: i64) -> Result<()> {
         sqlx::query("delete from upload_state where id = ?1")
             .bind(id)
             .execute(&self.pool)

@@ -3,50 +3,43 @@
 //! 1. The file is validated locally with `brightrun_core` (every error, with its line) and
 //!    fingerprinted in the same pass: size, mtime and the SHA-256 of the whole file. A file with
 //!    errors is refused with the full report before a byte leaves the machine.
-//! 2. `create_dataset` registers the dataset and names its storage path.
-//! 3. A signed upload token for that path, then TUS on `/storage/v1/upload/resumable/sign` with
-//!    `x-signature`: one creation POST, then PATCHes of `chunk_size` (6 MiB) read from disk as
-//!    they are sent (constant memory).
+//! 2. `create_dataset` ([`Api::create_dataset`]) registers the dataset and names its storage path.
+//! 3. A signed upload token for that path, then TUS on `/storage/v1/upload/resumable/sign`
+//!    (`brightrun_supabase::tus`, the same loop the worker uploads adapters with): 6 MiB
+//!    PATCHes read from disk as they are sent, a HEAD after any failure, tokens renewed.
 //! 4. `confirm_dataset_upload` hands the dataset to the worker.
 //!
 //! Every step the server confirmed is written to `upload_state` first, so running the same
-//! upload again after a crash, a cut or a restart continues the same dataset. After any failed
-//! PATCH the offset is re-read with HEAD (never a blind retry); a 409 offset conflict is a
-//! resync; an expired or refused token is renewed; transient failures back off with jitter,
-//! honouring `Retry-After`. If the process dies between `create_dataset` committing and its
-//! answer arriving, the next run adopts that dataset (same name, file name and size, still
-//! `uploading`, created since the run started) instead of making a second one.
+//! upload again after a crash, a cut or a restart continues the same dataset. If the process dies
+//! between `create_dataset` committing and its answer arriving, the next run adopts that dataset
+//! (same name, file name and size, still `uploading`, created since the run started) instead of
+//! making a second one.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use brightrun_core::dataset::validate_with_progress;
-use brightrun_core::{DatasetFormat, TiktokenTokenizer, ValidationOptions, ValidationReport};
-use futures::StreamExt as _;
+use brightrun_core::{
+    CreateDatasetInput, Dataset, DatasetFormat, TiktokenTokenizer, ValidationOptions,
+    ValidationReport,
+};
+use brightrun_supabase::tus::{ResumableUpload, TusAuth, TusHooks, TusMetadata, TusOptions};
+use brightrun_supabase::{ApiError, RetryPolicy, Storage};
 use futures::future::BoxFuture;
-use reqwest::header::LOCATION;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::Serialize;
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio_util::sync::CancellationToken;
 use url::Url;
 use uuid::Uuid;
 
-use crate::error::{ApiError, Service};
-use crate::retry::RetryPolicy;
+use crate::api::Api;
+use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::session::Session;
-use crate::transfer::TransferError;
-use crate::transfer::backoff::Backoff;
-use crate::transfer::http::{self, TusRefusal, tus_refusal};
 use crate::transfer::progress::{Meter, Phase, ProgressFn};
 use crate::transfer::state::{Fingerprint, Stage, UploadRecord, UploadStateStore};
-
-const TUS_VERSION: &str = "1.0.0";
-const READ_PIECE: usize = 64 * 1024;
 
 /// What to upload.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,24 +83,36 @@ pub struct UploadOptions {
 
 impl Default for UploadOptions {
     fn default() -> Self {
+        let tus = TusOptions::default();
         Self {
-            chunk_size: 6 * 1024 * 1024,
-            retry: RetryPolicy::transfers(),
+            chunk_size: tus.chunk_size,
+            retry: tus.retry,
             validation: ValidationOptions::default(),
             content_type: "application/jsonl".to_owned(),
-            patch_timeout: Duration::from_secs(600),
-            request_timeout: Duration::from_secs(60),
+            patch_timeout: tus.patch_timeout,
+            request_timeout: tus.request_timeout,
+        }
+    }
+}
+
+impl UploadOptions {
+    fn tus(&self) -> TusOptions {
+        TusOptions {
+            chunk_size: self.chunk_size.max(1),
+            retry: self.retry,
+            patch_timeout: self.patch_timeout,
+            request_timeout: self.request_timeout,
+            ..TusOptions::default()
         }
     }
 }
 
 /// What an upload ended with.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct UploadOutcome {
     pub dataset_id: Uuid,
-    /// The dataset row as the server returned it last (`confirm_dataset_upload`), when this run
-    /// confirmed it.
-    pub dataset: Option<Value>,
+    /// The dataset row as `confirm_dataset_upload` returned it, when this run confirmed it.
+    pub dataset: Option<Dataset>,
     /// The local validation report (warnings and statistics).
     pub report: ValidationReport,
     /// The byte offset this run started at when it resumed an earlier one.
@@ -118,33 +123,20 @@ pub struct UploadOutcome {
 }
 
 /// Gets a signed upload token for `(bucket, path)`. The default asks Storage
-/// ([`sign_upload`]); tests put their own in front.
-pub type SignFn =
-    Arc<dyn Fn(String, String) -> BoxFuture<'static, Result<Secret, TransferError>> + Send + Sync>;
+/// ([`Storage::sign_upload`]); tests put their own in front.
+pub type SignFn = Arc<dyn Fn(String, String) -> BoxFuture<'static, Result<Secret>> + Send + Sync>;
 
-/// `POST /storage/v1/object/upload/sign/<bucket>/<path>`: a token for one upload to that path.
-pub async fn sign_upload(
-    session: &Session,
-    bucket: &str,
-    path: &str,
-) -> Result<Secret, TransferError> {
-    #[derive(Deserialize)]
-    struct Signed {
-        token: String,
-    }
-    let url = http::storage_url(session, &["object", "upload", "sign", bucket], path);
-    let answer = http::storage_post(session, url, &json!({})).await?;
-    let signed: Signed = serde_json::from_value(answer).map_err(|e| {
-        TransferError::Client(crate::Error::Protocol(format!(
-            "signed upload answer has no token: {e}"
-        )))
-    })?;
-    Ok(Secret::new(signed.token))
+/// A signed upload token for `bucket/path`, with `session`'s access token.
+pub async fn sign_upload(session: &Arc<Session>, bucket: &str, path: &str) -> Result<Secret> {
+    Ok(Api::new(session.clone())
+        .storage()
+        .sign_upload(bucket, path)
+        .await?)
 }
 
 /// Uploads datasets for one session.
 pub struct Uploader {
-    session: Arc<Session>,
+    api: Api,
     store: UploadStateStore,
     options: UploadOptions,
     signer: SignFn,
@@ -158,44 +150,21 @@ impl std::fmt::Debug for Uploader {
     }
 }
 
-/// The row fields an upload needs.
-#[derive(Debug, Clone, Deserialize)]
-struct DatasetRef {
-    id: Uuid,
-    storage_bucket: String,
-    storage_path: String,
-}
-
-enum StepError {
-    /// A TUS answer: its meaning depends on the refusal and on the request.
-    Tus(ApiError),
-    Other(TransferError),
-}
-
-impl<E: Into<TransferError>> From<E> for StepError {
-    fn from(e: E) -> Self {
-        Self::Other(e.into())
-    }
-}
-
-enum Step {
-    /// The server confirmed more bytes (or a stage): retries start counting again.
-    Progressed,
-    Continue,
-    Done(Option<Value>),
-}
-
 impl Uploader {
     pub fn new(session: Arc<Session>, store: UploadStateStore, options: UploadOptions) -> Self {
+        Self::with_api(Api::new(session), store, options)
+    }
+
+    pub fn with_api(api: Api, store: UploadStateStore, options: UploadOptions) -> Self {
         let signer: SignFn = {
-            let session = session.clone();
+            let storage = api.storage().clone();
             Arc::new(move |bucket, path| {
-                let session = session.clone();
-                Box::pin(async move { sign_upload(&session, &bucket, &path).await })
+                let storage = storage.clone();
+                Box::pin(async move { Ok(storage.sign_upload(&bucket, &path).await?) })
             })
         };
         Self {
-            session,
+            api,
             store,
             options,
             signer,
@@ -209,7 +178,7 @@ impl Uploader {
     }
 
     pub fn session(&self) -> &Arc<Session> {
-        &self.session
+        self.api.session()
     }
 
     /// Validates and uploads `request.path`, resuming an earlier upload of the same file.
@@ -217,15 +186,21 @@ impl Uploader {
         &self,
         request: &UploadRequest,
         progress: Option<ProgressFn>,
-    ) -> Result<UploadOutcome, TransferError> {
+    ) -> Result<UploadOutcome> {
         let path = std::fs::canonicalize(&request.path)?;
-        let (report, fingerprint) =
-            validate_file(&path, &self.options.validation, progress.clone()).await?;
+        let (report, fingerprint) = validate_file(
+            &path,
+            &self.options.validation,
+            progress.clone(),
+            &Default::default(),
+        )
+        .await?;
         if !report.is_valid() {
-            return Err(TransferError::Invalid(Box::new(report)));
+            return Err(Error::Invalid(Box::new(report)));
         }
-        let project_url = self.session.project().url.as_str().to_owned();
-        let user_id = self.session.user_id().to_string();
+        let session = self.api.session();
+        let project_url = session.project().url.as_str().to_owned();
+        let user_id = session.user_id().to_string();
         let file_path = path.to_string_lossy().into_owned();
         let name = dataset_name(request, &path);
 
@@ -235,9 +210,8 @@ impl Uploader {
                 if request.force_new {
                     None
                 } else {
-                    let dataset_id = parse_uuid(r.dataset_id.as_deref())?;
                     return Ok(UploadOutcome {
-                        dataset_id,
+                        dataset_id: parse_uuid(r.dataset_id.as_deref())?,
                         dataset: None,
                         report,
                         resumed_from: None,
@@ -267,7 +241,6 @@ impl Uploader {
             .clone()
             .or_else(|| report.format.clone())
             .unwrap_or_default();
-        let meter = Arc::new(Mutex::new(Meter::new(progress, fingerprint.size)));
         let mut run = Run {
             up: self,
             path,
@@ -276,18 +249,12 @@ impl Uploader {
             format,
             record,
             may_adopt: resumed,
-            token: None,
-            need_head: true,
-            meter,
-            started_transfer: false,
+            meter: Arc::new(Mutex::new(Meter::new(progress, fingerprint.size))),
             resumed_from: None,
-            backoff: Backoff::new(self.options.retry),
-            token_renewals: 0,
         };
         let dataset = run.drive().await?;
-        let dataset_id = parse_uuid(run.record.dataset_id.as_deref())?;
         Ok(UploadOutcome {
-            dataset_id,
+            dataset_id: parse_uuid(run.record.dataset_id.as_deref())?,
             dataset,
             report,
             resumed_from: run.resumed_from.filter(|_| resumed),
@@ -297,11 +264,12 @@ impl Uploader {
     }
 
     /// Uploads of this user that have not finished (what `upload` would resume).
-    pub async fn unfinished(&self) -> Result<Vec<UploadRecord>, TransferError> {
+    pub async fn unfinished(&self) -> Result<Vec<UploadRecord>> {
+        let session = self.api.session();
         self.store
             .unfinished(
-                self.session.project().url.as_str(),
-                &self.session.user_id().to_string(),
+                session.project().url.as_str(),
+                &session.user_id().to_string(),
             )
             .await
     }
@@ -310,13 +278,10 @@ impl Uploader {
     /// effort: a failure leaves an `uploading` row, which the user can delete) and forget it.
     async fn abandon(&self, stale: &UploadRecord) {
         if stale.stage != Stage::Confirmed
-            && let Some(id) = &stale.dataset_id
+            && let Some(id) = stale.dataset_id.as_deref().and_then(|s| s.parse().ok())
+            && let Err(e) = self.api.delete_dataset(id).await
         {
-            let result: Result<Value, _> =
-                http::rpc(&self.session, "delete_dataset", &json!({"dataset_id": id})).await;
-            if let Err(e) = result {
-                tracing::warn!(dataset = %id, error = %e, "could not delete an abandoned upload's dataset");
-            }
+            tracing::warn!(dataset = %id, error = %e, "could not delete an abandoned upload's dataset");
         }
         if let Err(e) = self.store.delete(stale.id).await {
             tracing::warn!(error = %e, "could not forget an abandoned upload");
@@ -334,164 +299,32 @@ struct Run<'a> {
     record: UploadRecord,
     /// A `create_dataset` may have committed without us hearing the answer.
     may_adopt: bool,
-    token: Option<Secret>,
-    need_head: bool,
     meter: Arc<Mutex<Meter>>,
-    started_transfer: bool,
     resumed_from: Option<u64>,
-    backoff: Backoff,
-    token_renewals: u32,
 }
 
 impl Run<'_> {
-    async fn drive(&mut self) -> Result<Option<Value>, TransferError> {
+    async fn drive(&mut self) -> Result<Option<Dataset>> {
         loop {
-            match self.step().await {
-                Ok(Step::Done(row)) => {
+            match self.record.stage {
+                Stage::Creating => self.create_dataset().await?,
+                Stage::Uploading => self.transfer().await?,
+                Stage::Uploaded => {
                     let size = self.record.fingerprint.size;
+                    lock(&self.meter).phase(Phase::Confirming, size, size);
+                    let id = parse_uuid(self.record.dataset_id.as_deref())?;
+                    let dataset = self.up.api.confirm_dataset_upload(id).await?;
+                    self.record.stage = Stage::Confirmed;
+                    self.up.store.save(&self.record).await?;
                     lock(&self.meter).phase(Phase::Done, size, size);
-                    return Ok(row);
+                    return Ok(Some(dataset));
                 }
-                Ok(Step::Progressed) => {
-                    self.backoff.reset();
-                    self.token_renewals = 0;
-                }
-                Ok(Step::Continue) => {}
-                Err(StepError::Tus(api)) => self.on_tus_refusal(api).await?,
-                Err(StepError::Other(e)) => self.on_error(e).await?,
+                Stage::Confirmed => return Ok(None),
             }
         }
     }
 
-    async fn on_tus_refusal(&mut self, api: ApiError) -> Result<(), TransferError> {
-        self.need_head = true;
-        match tus_refusal(&api) {
-            TusRefusal::OffsetConflict | TusRefusal::Locked => {
-                // Resync: the next step is a HEAD. Wait a little first, since the usual cause
-                // is an earlier request of ours the server has not finished with.
-                self.wait(TransferError::from(api)).await
-            }
-            TusRefusal::BadToken => {
-                self.token = None;
-                self.token_renewals += 1;
-                if self.token_renewals > 3 {
-                    return Err(TransferError::from(api));
-                }
-                Ok(())
-            }
-            TusRefusal::Gone => {
-                tracing::info!("the server forgot the upload; starting a new one");
-                self.record.tus_url = None;
-                self.record.confirmed_offset = 0;
-                self.up.store.save(&self.record).await?;
-                self.wait(TransferError::from(api)).await
-            }
-            TusRefusal::Exists => self.on_exists(api).await,
-            TusRefusal::Other => {
-                let e = TransferError::from_api(api);
-                if e.is_retryable() {
-                    self.wait(e).await
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-
-    async fn on_error(&mut self, e: TransferError) -> Result<(), TransferError> {
-        if !e.is_retryable() {
-            return Err(e);
-        }
-        tracing::info!(error = %e, "upload step failed; retrying");
-        self.need_head = true;
-        self.wait(e).await
-    }
-
-    /// Backs off before the next attempt, or gives up with `last`.
-    async fn wait(&mut self, last: TransferError) -> Result<(), TransferError> {
-        match self.backoff.next_delay(last.retry_after()) {
-            Some(delay) => {
-                tokio::time::sleep(delay).await;
-                Ok(())
-            }
-            None => Err(TransferError::RetriesExhausted {
-                attempts: self.backoff.attempts(),
-                last: Box::new(last),
-            }),
-        }
-    }
-
-    /// The object is already there. Its path holds this dataset's id, so it is this upload's
-    /// own bytes when the size matches (an earlier run finished but did not hear the answer).
-    async fn on_exists(&mut self, api: ApiError) -> Result<(), TransferError> {
-        let (bucket, path) = self.target()?;
-        let url = http::storage_url(
-            &self.up.session,
-            &["object", "authenticated", &bucket],
-            &path,
-        );
-        let token = self.up.session.access_token().await?;
-        let response = self
-            .up
-            .session
-            .http()
-            .head(url)
-            .header("apikey", &self.up.session.project().anon_key)
-            .bearer_auth(token.expose())
-            .timeout(self.up.options.request_timeout)
-            .send()
-            .await?;
-        let stored = response
-            .headers()
-            .get(reqwest::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if response.status().is_success() && stored == Some(self.record.fingerprint.size) {
-            self.record.stage = Stage::Uploaded;
-            self.record.confirmed_offset = self.record.fingerprint.size;
-            self.up.store.save(&self.record).await?;
-            Ok(())
-        } else {
-            Err(TransferError::Conflict(format!(
-                "{bucket}/{path} already holds a different file ({}): {}",
-                stored.map_or_else(|| "size unknown".to_owned(), |s| format!("{s} bytes")),
-                api.message
-            )))
-        }
-    }
-
-    fn target(&self) -> Result<(String, String), TransferError> {
-        match (&self.record.storage_bucket, &self.record.storage_path) {
-            (Some(b), Some(p)) => Ok((b.clone(), p.clone())),
-            _ => Err(TransferError::Client(crate::Error::Protocol(
-                "upload state has no storage path".into(),
-            ))),
-        }
-    }
-
-    async fn step(&mut self) -> Result<Step, StepError> {
-        match self.record.stage {
-            Stage::Creating => self.create_dataset().await,
-            Stage::Uploading => self.transfer().await,
-            Stage::Uploaded => {
-                let size = self.record.fingerprint.size;
-                lock(&self.meter).phase(Phase::Confirming, size, size);
-                let id = self.record.dataset_id.clone().unwrap_or_default();
-                let row: Value = http::rpc(
-                    &self.up.session,
-                    "confirm_dataset_upload",
-                    &json!({"dataset_id": id}),
-                )
-                .await?;
-                self.record.stage = Stage::Confirmed;
-                self.up.store.save(&self.record).await?;
-                Ok(Step::Done(Some(row)))
-            }
-            Stage::Confirmed => Ok(Step::Done(None)),
-        }
-    }
-
-    async fn create_dataset(&mut self) -> Result<Step, StepError> {
+    async fn create_dataset(&mut self) -> Result<()> {
         let size = self.record.fingerprint.size;
         lock(&self.meter).phase(Phase::Preparing, 0, size);
         let dataset = match self.adoptable().await? {
@@ -501,16 +334,16 @@ impl Run<'_> {
             }
             None => {
                 self.may_adopt = true;
-                let mut args = json!({
-                    "name": self.record.dataset_name,
-                    "file_name": self.file_name,
-                    "file_size": size,
-                    "format": self.format.as_str(),
-                });
-                if let Some(d) = &self.description {
-                    args["description"] = json!(d);
-                }
-                http::rpc::<DatasetRef>(&self.up.session, "create_dataset", &args).await?
+                self.up
+                    .api
+                    .create_dataset(&CreateDatasetInput {
+                        name: self.record.dataset_name.clone(),
+                        description: self.description.clone(),
+                        format: Some(self.format.clone()),
+                        file_name: self.file_name.clone(),
+                        file_size: size,
+                    })
+                    .await?
             }
         };
         self.record.dataset_id = Some(dataset.id.to_string());
@@ -518,34 +351,27 @@ impl Run<'_> {
         self.record.storage_path = Some(dataset.storage_path);
         self.record.stage = Stage::Uploading;
         self.up.store.save(&self.record).await?;
-        Ok(Step::Progressed)
+        Ok(())
     }
 
     /// A dataset an interrupted `create_dataset` of this upload made, if any.
-    async fn adoptable(&self) -> Result<Option<DatasetRef>, TransferError> {
+    async fn adoptable(&self) -> Result<Option<Dataset>> {
         if !self.may_adopt {
             return Ok(None);
         }
         // Ten minutes of slack for clock skew between this machine and the server.
-        let since = chrono::DateTime::from_timestamp(self.record.started_at - 600, 0)
-            .unwrap_or_default()
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let rows: Vec<DatasetRef> = http::select(
-            &self.up.session,
-            "datasets",
-            &[
-                ("select", "id,storage_bucket,storage_path".to_owned()),
-                ("user_id", format!("eq.{}", self.up.session.user_id())),
-                ("name", format!("eq.{}", self.record.dataset_name)),
-                ("file_name", format!("eq.{}", self.file_name)),
-                ("file_size", format!("eq.{}", self.record.fingerprint.size)),
-                ("status", "eq.uploading".to_owned()),
-                ("deleted_at", "is.null".to_owned()),
-                ("created_at", format!("gte.{since}")),
-                ("order", "created_at.desc".to_owned()),
-            ],
-        )
-        .await?;
+        let since =
+            chrono::DateTime::from_timestamp(self.record.started_at - 600, 0).unwrap_or_default();
+        let rows = self
+            .up
+            .api
+            .uploading_datasets(
+                &self.record.dataset_name,
+                &self.file_name,
+                self.record.fingerprint.size,
+                since,
+            )
+            .await?;
         let known = self
             .up
             .store
@@ -556,210 +382,103 @@ impl Run<'_> {
             .find(|d| !known.contains(&d.id.to_string())))
     }
 
-    async fn transfer(&mut self) -> Result<Step, StepError> {
-        let (bucket, path) = self.target()?;
-        let size = self.record.fingerprint.size;
-        if self.token.is_none() {
-            if !self.started_transfer {
-                lock(&self.meter).phase(Phase::Preparing, self.record.confirmed_offset, size);
-            }
-            self.token = Some((self.up.signer)(bucket.clone(), path.clone()).await?);
-            return Ok(Step::Continue);
-        }
-        let Some(tus_url) = self.record.tus_url.clone() else {
-            self.create_tus(&bucket, &path).await?;
-            self.need_head = false;
-            self.begin_transfer();
-            return Ok(Step::Progressed);
+    async fn transfer(&mut self) -> Result<()> {
+        let (bucket, object) = match (&self.record.storage_bucket, &self.record.storage_path) {
+            (Some(b), Some(p)) => (b.clone(), p.clone()),
+            _ => return Err(Error::Protocol("upload state has no storage path".into())),
         };
-        let tus_url = Url::parse(&tus_url).map_err(|e| {
-            TransferError::Client(crate::Error::Protocol(format!("stored TUS URL: {e}")))
-        })?;
-        if self.need_head {
-            let offset = self.head(&tus_url).await?;
-            self.need_head = false;
-            let moved = offset > self.record.confirmed_offset;
-            self.record.confirmed_offset = offset;
-            self.up.store.save(&self.record).await?;
-            self.begin_transfer();
-            lock(&self.meter).set(offset);
-            return Ok(if moved {
-                Step::Progressed
-            } else {
-                Step::Continue
-            });
-        }
-        if self.record.confirmed_offset >= size {
-            self.record.stage = Stage::Uploaded;
-            self.up.store.save(&self.record).await?;
-            return Ok(Step::Progressed);
-        }
-        let offset = self.patch(&tus_url).await?;
-        self.record.confirmed_offset = offset;
-        self.up.store.save(&self.record).await?;
-        lock(&self.meter).set(offset);
-        Ok(Step::Progressed)
-    }
-
-    fn begin_transfer(&mut self) {
-        if !self.started_transfer {
-            self.started_transfer = true;
-            self.resumed_from = Some(self.record.confirmed_offset);
-            lock(&self.meter).start_transfer(self.record.confirmed_offset);
-        }
-    }
-
-    fn tus_request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
-        let token = self.token.as_ref().map(Secret::expose).unwrap_or_default();
-        self.up
-            .session
-            .http()
-            .request(method, url)
-            .header("tus-resumable", TUS_VERSION)
-            .header("apikey", &self.up.session.project().anon_key)
-            .header("x-signature", token)
-    }
-
-    async fn create_tus(&mut self, bucket: &str, path: &str) -> Result<(), StepError> {
-        let endpoint = self
-            .up
-            .session
-            .project()
-            .endpoint("storage", "upload/resumable/sign");
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let metadata = format!(
-            "bucketName {},objectName {},contentType {},cacheControl {}",
-            b64(bucket),
-            b64(path),
-            b64(&self.up.options.content_type),
-            b64("3600"),
-        );
-        let response = self
-            .tus_request(reqwest::Method::POST, endpoint.clone())
-            .header("upload-length", self.record.fingerprint.size)
-            .header("upload-metadata", metadata)
-            .timeout(self.up.options.request_timeout)
-            .send()
-            .await?;
-        if response.status() != reqwest::StatusCode::CREATED {
-            return Err(StepError::Tus(
-                ApiError::from_response(Service::Tus, response).await,
-            ));
-        }
-        let location = response
-            .headers()
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                TransferError::Client(crate::Error::Protocol(
-                    "TUS creation answered without a Location".into(),
-                ))
-            })?;
-        let url = endpoint.join(location).map_err(|e| {
-            TransferError::Client(crate::Error::Protocol(format!("TUS Location: {e}")))
-        })?;
-        self.record.tus_url = Some(url.to_string());
-        self.record.confirmed_offset = 0;
+        let size = self.record.fingerprint.size;
+        lock(&self.meter).phase(Phase::Preparing, self.record.confirmed_offset, size);
+        let resume = self
+            .record
+            .tus_url
+            .as_deref()
+            .map(Url::parse)
+            .transpose()
+            .map_err(|e| Error::Protocol(format!("stored TUS URL: {e}")))?;
+        let metadata = TusMetadata {
+            bucket: bucket.clone(),
+            object: object.clone(),
+            content_type: self.up.options.content_type.clone(),
+            cache_control: Some("3600".into()),
+            upsert: false,
+        };
+        let options = self.up.options.tus();
+        let meter = self.meter.clone();
+        let upload = ResumableUpload {
+            storage: self.up.api.storage(),
+            file: &self.path,
+            size,
+            metadata: &metadata,
+            options: &options,
+            progress: Some(Arc::new(move |bytes| lock(&meter).set(bytes))),
+        };
+        let mut hooks = Hooks {
+            signer: self.up.signer.clone(),
+            storage: self.up.api.storage().clone(),
+            store: &self.up.store,
+            record: &mut self.record,
+            bucket,
+            object,
+            path: &self.path,
+            meter: self.meter.clone(),
+            resumed_from: &mut self.resumed_from,
+        };
+        upload.run(resume, &mut hooks).await?;
+        self.record.stage = Stage::Uploaded;
+        self.record.confirmed_offset = size;
         self.up.store.save(&self.record).await?;
         Ok(())
     }
-
-    async fn head(&self, url: &Url) -> Result<u64, StepError> {
-        let response = self
-            .tus_request(reqwest::Method::HEAD, url.clone())
-            .timeout(self.up.options.request_timeout)
-            .send()
-            .await?;
-        if response.status() == reqwest::StatusCode::BAD_REQUEST {
-            // A HEAD answer has no body to say why; on the signed route the only 400 is the
-            // token check (missing, invalid or expired signature).
-            return Err(StepError::Tus(ApiError::from_body(
-                Service::Tus,
-                400,
-                "Invalid signature (HEAD answered 400, which carries no reason)",
-                None,
-            )));
-        }
-        if !response.status().is_success() {
-            return Err(StepError::Tus(
-                ApiError::from_response(Service::Tus, response).await,
-            ));
-        }
-        let offset = upload_offset(&response)?;
-        if offset > self.record.fingerprint.size {
-            return Err(StepError::Other(TransferError::Client(
-                crate::Error::Protocol(format!(
-                    "the server holds {offset} bytes of a {}-byte upload",
-                    self.record.fingerprint.size
-                )),
-            )));
-        }
-        Ok(offset)
-    }
-
-    /// Sends one chunk from `confirmed_offset`, read from disk as it goes out.
-    async fn patch(&mut self, url: &Url) -> Result<u64, StepError> {
-        let start = self.record.confirmed_offset;
-        let size = self.record.fingerprint.size;
-        check_unchanged(&self.path, &self.record.fingerprint)?;
-        let len = self.up.options.chunk_size.min(size - start);
-        let mut file = tokio::fs::File::open(&self.path).await?;
-        file.seek(std::io::SeekFrom::Start(start)).await?;
-        let meter = self.meter.clone();
-        let body = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_PIECE).inspect(
-            move |piece| {
-                if let Ok(bytes) = piece {
-                    lock(&meter).add(bytes.len() as u64);
-                }
-            },
-        );
-        let response = self
-            .tus_request(reqwest::Method::PATCH, url.clone())
-            .header("upload-offset", start)
-            .header("content-type", "application/offset+octet-stream")
-            .header("content-length", len)
-            .body(reqwest::Body::wrap_stream(body))
-            .timeout(self.up.options.patch_timeout)
-            .send()
-            .await;
-        // On failure, what was sent is not what was stored: the meter goes back to the
-        // confirmed offset until a HEAD says more.
-        let response = match response {
-            Ok(r) if r.status().is_success() => r,
-            Ok(r) => {
-                lock(&self.meter).set(start);
-                return Err(StepError::Tus(
-                    ApiError::from_response(Service::Tus, r).await,
-                ));
-            }
-            Err(e) => {
-                lock(&self.meter).set(start);
-                return Err(e.into());
-            }
-        };
-        let offset = upload_offset(&response)?;
-        if offset <= start || offset > size {
-            return Err(StepError::Other(TransferError::Client(
-                crate::Error::Protocol(format!(
-                    "PATCH at {start} answered with offset {offset} (upload length {size})"
-                )),
-            )));
-        }
-        Ok(offset)
-    }
 }
 
-fn upload_offset(response: &reqwest::Response) -> Result<u64, TransferError> {
-    response
-        .headers()
-        .get("upload-offset")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            TransferError::Client(crate::Error::Protocol(
-                "TUS answer without a valid Upload-Offset".into(),
-            ))
-        })
+/// What the upload loop asks of a dataset upload: signed tokens, the local state, the file.
+struct Hooks<'a> {
+    signer: SignFn,
+    storage: Storage,
+    store: &'a UploadStateStore,
+    record: &'a mut UploadRecord,
+    bucket: String,
+    object: String,
+    path: &'a Path,
+    meter: Arc<Mutex<Meter>>,
+    resumed_from: &'a mut Option<u64>,
+}
+
+impl TusHooks for Hooks<'_> {
+    async fn auth(&mut self, _renew: bool) -> brightrun_supabase::Result<TusAuth> {
+        let token = (self.signer)(self.bucket.clone(), self.object.clone()).await?;
+        Ok(TusAuth::Signed(token))
+    }
+
+    async fn confirmed(
+        &mut self,
+        upload: Option<&Url>,
+        offset: u64,
+    ) -> brightrun_supabase::Result<()> {
+        self.record.tus_url = upload.map(Url::to_string);
+        self.record.confirmed_offset = offset;
+        self.store.save(self.record).await?;
+        if self.resumed_from.is_none() {
+            // The first offset the server confirms is where this run starts.
+            *self.resumed_from = Some(offset);
+            lock(&self.meter).start_transfer(offset);
+        } else {
+            lock(&self.meter).set(offset);
+        }
+        Ok(())
+    }
+
+    fn before_chunk(&mut self) -> brightrun_supabase::Result<()> {
+        Ok(check_unchanged(self.path, &self.record.fingerprint)?)
+    }
+
+    /// The object is already there. Its path holds this dataset's id, so it is this upload's
+    /// own bytes when the size matches (an earlier run finished but did not hear the answer).
+    async fn exists(&mut self, _answer: &ApiError) -> brightrun_supabase::Result<bool> {
+        let stored = self.storage.object_size(&self.bucket, &self.object).await?;
+        Ok(stored == Some(self.record.fingerprint.size))
+    }
 }
 
 fn lock(meter: &Mutex<Meter>) -> std::sync::MutexGuard<'_, Meter> {
@@ -768,12 +487,9 @@ fn lock(meter: &Mutex<Meter>) -> std::sync::MutexGuard<'_, Meter> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn parse_uuid(id: Option<&str>) -> Result<Uuid, TransferError> {
-    id.and_then(|s| s.parse().ok()).ok_or_else(|| {
-        TransferError::Client(crate::Error::Protocol(
-            "upload state has no dataset id".into(),
-        ))
-    })
+fn parse_uuid(id: Option<&str>) -> Result<Uuid> {
+    id.and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::Protocol("upload state has no dataset id".into()))
 }
 
 fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
@@ -785,10 +501,10 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
 }
 
 /// The file still has the size and mtime it had when it was fingerprinted.
-fn check_unchanged(path: &Path, fingerprint: &Fingerprint) -> Result<(), TransferError> {
+fn check_unchanged(path: &Path, fingerprint: &Fingerprint) -> Result<()> {
     let meta = std::fs::metadata(path)?;
     if meta.len() != fingerprint.size || mtime_ns(&meta) != fingerprint.mtime_ns {
-        return Err(TransferError::FileChanged(path.to_owned()));
+        return Err(Error::FileChanged(path.to_owned()));
     }
     Ok(())
 }
@@ -806,14 +522,17 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Validates the file and fingerprints it in the same pass (on a blocking thread).
+/// Validates the file and fingerprints it in the same pass (on a blocking thread). Stops with
+/// [`Error::Cancelled`] soon after `cancel` is cancelled.
 pub async fn validate_file(
     path: &Path,
     options: &ValidationOptions,
     progress: Option<ProgressFn>,
-) -> Result<(ValidationReport, Fingerprint), TransferError> {
+    cancel: &CancellationToken,
+) -> Result<(ValidationReport, Fingerprint)> {
     let path = path.to_owned();
     let options = options.clone();
+    let cancel = cancel.clone();
     tokio::task::spawn_blocking(move || {
         let before = std::fs::metadata(&path)?;
         let file = std::fs::File::open(&path)?;
@@ -826,12 +545,19 @@ pub async fn validate_file(
         let tokenizer = TiktokenTokenizer::cl100k_base();
         let report = validate_with_progress(&mut reader, &options, &tokenizer, &mut |p| {
             meter.set(p.bytes_read);
-            std::ops::ControlFlow::Continue(())
+            if cancel.is_cancelled() {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
         })
         .map_err(|e| match e {
-            brightrun_core::ValidatorError::Read { source, .. } => TransferError::from(source),
+            brightrun_core::ValidatorError::Read { source, .. } => Error::from(source),
         })?;
-        // The validator may stop before EOF only when cancelled; hash whatever is left anyway.
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        // The validator reads to the end unless stopped; hash whatever is left anyway.
         std::io::copy(&mut reader, &mut std::io::sink())?;
         let after = std::fs::metadata(&path)?;
         let fingerprint = Fingerprint {
@@ -840,12 +566,12 @@ pub async fn validate_file(
             sha256: hex::encode(reader.hasher.finalize()),
         };
         if before.len() != after.len() || mtime_ns(&before) != fingerprint.mtime_ns {
-            return Err(TransferError::FileChanged(path));
+            return Err(Error::FileChanged(path));
         }
         Ok((report, fingerprint))
     })
     .await
-    .map_err(|e| TransferError::from(std::io::Error::other(e)))?
+    .map_err(|e| Error::Io(std::io::Error::other(e)))?
 }
 
 fn dataset_name(request: &UploadRequest, path: &Path) -> String {

@@ -2,7 +2,7 @@
 //! cases the UI branches on.
 
 use brightrun_client::api::{Api, DatasetChanges, EstimateRequest, NotificationFilter};
-use brightrun_client::error::{ApiError, ErrorKind, Service};
+use brightrun_client::error::{ApiError, ErrorCode, Service};
 use brightrun_client::session::Session;
 use brightrun_client::{Error, Secret};
 use brightrun_core::{
@@ -47,9 +47,9 @@ async fn job_input(api: &Api, dataset_id: Uuid) -> CreateTrainingJobInput {
     }
 }
 
-fn kind_of<T: std::fmt::Debug>(result: Result<T, Error>) -> (ErrorKind, String) {
+fn kind_of<T: std::fmt::Debug>(result: Result<T, Error>) -> (ErrorCode, String) {
     let error = result.expect_err("the call must fail");
-    (error.kind(), error.to_string())
+    (error.code(), error.to_string())
 }
 
 #[tokio::test]
@@ -135,7 +135,7 @@ async fn dataset_lifecycle() {
 
     // Confirming before the file is uploaded is a clear conflict.
     let (kind, message) = kind_of(api.confirm_dataset_upload(created.id).await);
-    assert_eq!(kind, ErrorKind::Conflict, "no file yet: {message}");
+    assert_eq!(kind, ErrorCode::Conflict, "no file yet: {message}");
     assert!(
         message.contains("no uploaded file"),
         "the message says why: {message}"
@@ -213,7 +213,7 @@ async fn invalid_dataset_arguments_are_validation_errors() {
     let (kind, message) = kind_of(api.create_dataset(&input).await);
     assert_eq!(
         kind,
-        ErrorKind::ValidationFailed,
+        ErrorCode::ValidationFailed,
         "a path in the file name: {message}"
     );
     assert!(
@@ -225,7 +225,7 @@ async fn invalid_dataset_arguments_are_validation_errors() {
     let (kind, message) = kind_of(api.create_dataset(&input).await);
     assert_eq!(
         kind,
-        ErrorKind::ValidationFailed,
+        ErrorCode::ValidationFailed,
         "over the bucket limit: {message}"
     );
     assert!(
@@ -246,7 +246,7 @@ async fn other_users_rows_are_not_found_and_privileges_are_enforced() {
     let (kind, _) = kind_of(other_api.dataset(dataset.id).await);
     assert_eq!(
         kind,
-        ErrorKind::NotFound,
+        ErrorCode::NotFound,
         "another user's dataset is invisible"
     );
     let (kind, _) = kind_of(
@@ -262,13 +262,13 @@ async fn other_users_rows_are_not_found_and_privileges_are_enforced() {
     );
     assert_eq!(
         kind,
-        ErrorKind::NotFound,
+        ErrorCode::NotFound,
         "RLS hides the row from an update"
     );
     let (kind, message) = kind_of(other_api.delete_dataset(dataset.id).await);
     assert_eq!(
         kind,
-        ErrorKind::NotFound,
+        ErrorCode::NotFound,
         "delete_dataset reports a foreign id as not found: {message}"
     );
     assert!(
@@ -281,11 +281,11 @@ async fn other_users_rows_are_not_found_and_privileges_are_enforced() {
         "the owner's row is unchanged"
     );
     let (kind, _) = kind_of(owner_api.job(Uuid::new_v4()).await);
-    assert_eq!(kind, ErrorKind::NotFound, "an unknown job id is not found");
+    assert_eq!(kind, ErrorCode::NotFound, "an unknown job id is not found");
     let (kind, _) = kind_of(owner_api.cancel_training_job(Uuid::new_v4()).await);
     assert_eq!(
         kind,
-        ErrorKind::NotFound,
+        ErrorCode::NotFound,
         "cancelling an unknown job: not found (PT404)"
     );
 
@@ -305,8 +305,8 @@ async fn other_users_rows_are_not_found_and_privileges_are_enforced() {
         .expect("patch");
     let error = Error::Api(ApiError::from_response(Service::Rest, response).await);
     assert_eq!(
-        error.kind(),
-        ErrorKind::PermissionDenied,
+        error.code(),
+        ErrorCode::Forbidden,
         "writing a server-owned column is denied: {error}"
     );
     assert_eq!(
@@ -329,7 +329,7 @@ async fn without_a_user_token_calls_say_sign_in_again() {
     let (kind, message) = kind_of(api.create_dataset(&dataset_input("anon")).await);
     assert_eq!(
         kind,
-        ErrorKind::AuthExpired,
+        ErrorCode::AuthExpired,
         "no user in the token: {message}"
     );
     session.sign_out().await.expect("static sign-out");
@@ -429,7 +429,7 @@ async fn estimate_create_list_clone_and_cancel_jobs() {
     let (kind, message) = kind_of(api.delete_dataset(dataset_id).await);
     assert_eq!(
         kind,
-        ErrorKind::Conflict,
+        ErrorCode::Conflict,
         "queued jobs still use the dataset: {message}"
     );
 
@@ -457,7 +457,7 @@ async fn estimate_create_list_clone_and_cancel_jobs() {
     let (kind, message) = kind_of(api.cancel_training_job(second.id).await);
     assert_eq!(
         kind,
-        ErrorKind::Conflict,
+        ErrorCode::Conflict,
         "a completed job cannot be cancelled: {message}"
     );
     db.close().await;
@@ -476,7 +476,7 @@ async fn job_errors_are_specific() {
     );
     assert_eq!(
         kind,
-        ErrorKind::Conflict,
+        ErrorCode::Conflict,
         "a dataset that is not ready: {message}"
     );
     assert!(
@@ -501,7 +501,7 @@ async fn job_errors_are_specific() {
     let (kind, message) = kind_of(api.create_training_job(&input).await);
     assert_eq!(
         kind,
-        ErrorKind::ValidationFailed,
+        ErrorCode::ValidationFailed,
         "unknown GPU type: {message}"
     );
     let mut input = job_input(&api, ready).await;
@@ -509,7 +509,7 @@ async fn job_errors_are_specific() {
     let (kind, message) = kind_of(api.create_training_job(&input).await);
     assert_eq!(
         kind,
-        ErrorKind::ValidationFailed,
+        ErrorCode::ValidationFailed,
         "a learning rate of 2: {message}"
     );
     assert!(

@@ -4,9 +4,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use brightrun_client::transfer::{
-    ArtifactFile, DownloadOptions, Downloader, Phase, Progress, ProgressFn, TransferError,
-};
+use brightrun_client::transfer::{DownloadOptions, Downloader, Phase, Progress, ProgressFn};
 use brightrun_stack::testing::{TestUser, mint_user};
 use serde_json::json;
 use uuid::Uuid;
@@ -253,7 +251,7 @@ async fn hostile_names_write_nothing_outside_the_folder() {
         .await
         .expect_err("`..` is no file name");
     assert!(
-        matches!(error, TransferError::UnsafeName(_)),
+        matches!(error, brightrun_client::Error::UnsafeName(_)),
         "refused as unsafe: {error:?}"
     );
     assert_eq!(
@@ -279,24 +277,24 @@ async fn a_wrong_recorded_digest_leaves_nothing_in_place() {
         .await
         .expect_err("the digest never matches");
     assert!(
-        matches!(error, TransferError::DigestMismatch { .. }),
+        matches!(error, brightrun_client::Error::DigestMismatch { .. }),
         "a digest mismatch: {error:?}"
     );
     assert!(tree(dir.path()).is_empty(), "no file, no .part is left");
 
-    let unverifiable = ArtifactFile {
+    let unverifiable = brightrun_core::ArtifactFile {
         name: "x.bin".into(),
-        bucket: "lora-models".into(),
         path: format!("{}/none/x.bin", user.id),
         size: None,
         sha256: None,
+        content_type: None,
     };
     let error = Downloader::new(session_at(&stack().url, &user), options())
-        .download_file(&unverifiable, dir.path(), None)
+        .download_file("lora-models", &unverifiable, dir.path(), None)
         .await
         .expect_err("no digest, no download");
     assert!(
-        matches!(error, TransferError::NoDigest(_)),
+        matches!(error, brightrun_client::Error::NoDigest(_)),
         "refused for lack of a digest: {error:?}"
     );
 }

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use brightrun_client::error::ErrorKind;
+use brightrun_client::error::ErrorCode;
 use brightrun_client::local::{LocalDb, alert_key};
 use brightrun_client::secret::{KeychainStore, MemoryStore, SecretStore};
 use brightrun_client::session::Session;
@@ -127,8 +127,8 @@ async fn wrong_password_is_a_validation_error_and_stores_nothing() {
     .await
     .expect_err("a wrong password is refused");
     assert_eq!(
-        error.kind(),
-        ErrorKind::ValidationFailed,
+        error.code(),
+        ErrorCode::ValidationFailed,
         "invalid credentials: {error}"
     );
     assert_eq!(
@@ -235,8 +235,8 @@ async fn restore_offline_is_an_error_not_a_sign_out() {
         .await
         .expect_err("restoring without a server fails");
     assert_eq!(
-        error.kind(),
-        ErrorKind::Offline,
+        error.code(),
+        ErrorCode::Offline,
         "offline, not signed out: {error}"
     );
     assert_eq!(

@@ -126,7 +126,7 @@ pub async fn put_model_object(path: &str, bytes: Vec<u8>) {
 }
 
 /// A dataset, a completed job and a `model_artifacts` row whose `artifacts` is `artifacts`
-/// (the rows only the worker would write). Returns `(job id, artifact id)`.
+/// (the rows only the worker would write, as it writes them). Returns `(job id, artifact id)`.
 pub async fn artifact_row(user: &TestUser, artifacts: serde_json::Value) -> (Uuid, Uuid) {
     let db = stack().db().await;
     let dataset: Uuid = sqlx::query_scalar(
@@ -157,8 +157,15 @@ pub async fn artifact_row(user: &TestUser, artifacts: serde_json::Value) -> (Uui
     let artifact: Uuid = sqlx::query_scalar(
         "insert into public.model_artifacts (user_id, job_id, dataset_id, name, quality_metrics,
            training_summary, configuration, artifacts)
-         values ($1, $2, $3, 'adapter', '{\"final_training_loss\": 0.8}', '{\"total_cost\": 1.1}',
-           '{}', $4)
+         values ($1, $2, $3, 'adapter',
+           '{\"final_training_loss\": 0.8, \"final_validation_loss\": 0.9, \"convergence_quality\": \"good\"}',
+           '{\"duration_seconds\": 60, \"total_epochs\": 5, \"final_learning_rate\": 0.0001,
+             \"gpu_hours\": 0.4, \"total_cost\": 1.1}',
+           jsonb_build_object('preset_id', 'balanced',
+             'hyperparameters', (select hyperparameters from public.training_presets where id = 'balanced'),
+             'gpu_config', '{\"gpu_type\": \"A100-80GB\", \"num_gpus\": 1, \"gpu_memory_gb\": 80, \"cost_per_gpu_hour\": 3.0}'::jsonb,
+             'dataset_name', 'for models'),
+           $4)
          returning id",
     )
     .bind(user.id)

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use brightrun_client::Secret;
 use brightrun_client::transfer::upload::{SignFn, sign_upload};
 use brightrun_client::transfer::{
-    Phase, Progress, ProgressFn, TransferError, UploadOptions, UploadRequest, Uploader,
+    Phase, Progress, ProgressFn, UploadOptions, UploadRequest, Uploader,
 };
 use brightrun_stack::testing::mint_user;
 use serde_json::json;
@@ -182,10 +182,14 @@ async fn a_crash_after_create_dataset_adopts_that_dataset() {
     let session = session_at(&stack().url, &user);
 
     // The earlier run wrote its row, called create_dataset, and died before hearing the answer.
-    let (_, fingerprint) =
-        brightrun_client::transfer::upload::validate_file(&file, &Default::default(), None)
-            .await
-            .expect("validates");
+    let (_, fingerprint) = brightrun_client::transfer::upload::validate_file(
+        &file,
+        &Default::default(),
+        None,
+        &Default::default(),
+    )
+    .await
+    .expect("validates");
     let canonical = std::fs::canonicalize(&file).expect("canonical path");
     store
         .start(
@@ -236,7 +240,7 @@ async fn a_dataset_with_errors_is_refused_before_anything_is_sent() {
         .upload(&UploadRequest::new(&file), None)
         .await
         .expect_err("a file with errors is refused");
-    let TransferError::Invalid(report) = error else {
+    let brightrun_client::Error::Invalid(report) = error else {
         panic!("expected the validation report, got {error:?}");
     };
     assert_eq!(report.error_count, 3, "every error is reported: {report:?}");
@@ -265,8 +269,9 @@ async fn a_type_the_bucket_refuses_is_a_415() {
         .upload(&UploadRequest::new(&file), None)
         .await
         .expect_err("the bucket refuses image/png");
-    assert!(
-        matches!(error, TransferError::UnsupportedType(_)),
-        "a 415 is UnsupportedType, got {error:?}"
+    assert_eq!(
+        error.code(),
+        brightrun_client::ErrorCode::UnsupportedType,
+        "a 415 is unsupported_type, got {error:?}"
     );
 }

@@ -110,7 +110,7 @@ fn updated(events: &[WatchEvent]) -> Vec<(Uuid, JobStatus)> {
     events
         .iter()
         .filter_map(|e| match e {
-            WatchEvent::JobUpdated(job) => Some((job.id, job.status.clone())),
+            WatchEvent::JobUpdated { job } => Some((job.id, job.status.clone())),
             _ => None,
         })
         .collect()
@@ -148,7 +148,7 @@ fn alerts(events: &[WatchEvent]) -> Vec<(Uuid, JobStatus, String)> {
     events
         .iter()
         .filter_map(|e| match e {
-            WatchEvent::Alert(a) => Some((
+            WatchEvent::Alert { alert: a } => Some((
                 a.job_id,
                 a.status.clone(),
                 format!("{} {}", a.title, a.body),
@@ -347,7 +347,7 @@ async fn a_reclaimed_job_restarts_its_curve_without_mixing_attempts() {
     assert!(
         events
             .iter()
-            .any(|e| matches!(e, WatchEvent::JobUpdated(j) if j.attempt == 2)),
+            .any(|e| matches!(e, WatchEvent::JobUpdated { job: j } if j.attempt == 2)),
         "the job row carries its attempt: {events:?}"
     );
     assert_eq!(

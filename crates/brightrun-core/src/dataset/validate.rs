@@ -51,6 +51,20 @@ pub struct ValidationOptions {
     pub progress_interval_bytes: u64,
 }
 
+/// The share of lines held out for validation when no line has a `"split"` mark.
+pub const DEFAULT_HOLDOUT_PERCENT: u8 = 10;
+
+/// The hash every line is known by (duplicates, the holdout): xxh3-64 of its bytes.
+pub fn line_hash(line: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(line)
+}
+
+/// The hash holdout: a line whose [`line_hash`] modulo 100 is below `percent` is a validation
+/// line. Deterministic, so the validator's counts and the trainer's split agree, run after run.
+pub fn in_holdout(line_hash: u64, percent: u8) -> bool {
+    line_hash % 100 < u64::from(percent)
+}
+
 impl Default for ValidationOptions {
     fn default() -> Self {
         Self {
@@ -58,7 +72,7 @@ impl Default for ValidationOptions {
             max_issues_kept: 1000,
             context_window: None,
             epochs: 1,
-            holdout_percent: 10,
+            holdout_percent: DEFAULT_HOLDOUT_PERCENT,
             progress_interval_bytes: 1024 * 1024,
         }
     }
@@ -397,7 +411,7 @@ impl<'t> Validator<'t> {
             );
             return;
         };
-        let hash = xxhash_rust::xxh3::xxh3_64(bytes);
+        let hash = line_hash(bytes);
         match self.first_line_by_hash.entry(hash) {
             Entry::Occupied(first) => {
                 let first = *first.get();
@@ -634,8 +648,7 @@ impl<'t> Validator<'t> {
             .push(u32::try_from(conversation_tokens).unwrap_or(u32::MAX));
         let side = |validation: bool| usize::from(validation);
         let by_marks = &mut self.by_marks[side(split == Some(Split::Validation))];
-        let by_holdout =
-            &mut self.by_holdout[side(hash % 100 < u64::from(self.options.holdout_percent))];
+        let by_holdout = &mut self.by_holdout[side(in_holdout(hash, self.options.holdout_percent))];
         for counts in [by_marks, by_holdout] {
             counts.conversations += 1;
             counts.pairs += trainable_pairs;

@@ -5,6 +5,7 @@ mod convert;
 mod corpus;
 mod cost;
 mod detect;
+mod draft;
 mod model;
 mod props;
 mod validator;

@@ -309,7 +309,8 @@ fn catalogue_rows_round_trip() {
     let mut broken = preset.hyperparameters.clone();
     broken.lora_dropout = 1.5;
     broken.learning_rate = 0.0;
-    let fields: Vec<_> = broken.problems().iter().map(|p| p.field).collect();
+    let problems = broken.problems();
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(
         fields,
         ["learning_rate", "lora_dropout"],

@@ -164,12 +164,12 @@ impl TrainerBackend for ScriptedBackend {
             ("adapter_model.safetensors", safetensors(seed, rank, 16)),
             (
                 "adapter_config.json",
-                serde_json::to_vec_pretty(&serde_json::json!({
-                    "peft_type": "LORA", "task_type": "CAUSAL_LM",
-                    "base_model_name_or_path": hp.base_model, "r": hp.lora_rank,
-                    "lora_alpha": hp.lora_alpha, "lora_dropout": hp.lora_dropout,
-                    "target_modules": ["q_proj", "v_proj"], "bias": "none",
-                }))
+                serde_json::to_vec_pretty(&crate::trainer::candle::adapter_config(
+                    &hp.base_model,
+                    hp.lora_rank as usize,
+                    hp.lora_alpha,
+                    hp.lora_dropout,
+                ))
                 .unwrap_or_default(),
             ),
             (

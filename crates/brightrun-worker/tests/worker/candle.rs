@@ -671,7 +671,7 @@ fn grouped_query_attention_with_tied_embeddings_trains_and_sizes_v_by_the_kv_hea
     let adapter_dir = out.path().join("adapter");
     let job = spec(
         adapter_dir.clone(),
-        hyperparameters(4, 16, 5e-2, 4, 40),
+        hyperparameters(4, 16, 1e-2, 4, 40),
         small_dataset(16),
         vec![],
     );

@@ -1,9 +1,13 @@
 //! When and how long to wait before sending a failed request again: exponential backoff with full
 //! jitter, bounded in attempts and in total time, honouring `Retry-After`.
 //!
-//! Whether an error may be retried at all is the error's own typed property
-//! ([`crate::Error::is_retryable`]); this module only decides the schedule. The random source is injected
-//! so tests are deterministic.
+//! Whether an error may be retried at all is the error's own typed property ([`Retryable`]); this
+//! module only decides the schedule. The random source is injected so tests are deterministic.
+//!
+//! Two ways to use it: [`Retrier::run`] for a request that is sent again whole, and [`Backoff`]
+//! for a transfer, whose attempts are counted *without progress*: a transfer that moves bytes
+//! between failures resets the count, so a long upload over a flaky link never runs out of
+//! retries while a dead link still gives up.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -13,7 +17,27 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tokio::time::Instant;
 
-use crate::error::Result;
+/// What the schedule asks of an error: may it be retried, and did the server say when.
+pub trait Retryable {
+    /// The same request may succeed if sent again later.
+    fn is_retryable(&self) -> bool;
+    /// The request certainly was not applied, so even an insert may be sent again.
+    fn is_retryable_unapplied(&self) -> bool;
+    /// How long the server asked to wait.
+    fn retry_after(&self) -> Option<Duration>;
+}
+
+impl Retryable for crate::Error {
+    fn is_retryable(&self) -> bool {
+        crate::Error::is_retryable(self)
+    }
+    fn is_retryable_unapplied(&self) -> bool {
+        crate::Error::is_retryable_unapplied(self)
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        crate::Error::retry_after(self)
+    }
+}
 
 /// How persistent to be. One policy per client; the defaults suit an interactive desktop app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,10 +148,11 @@ impl Retrier {
     /// Runs `attempt` until it succeeds, fails with an error that may not be retried, or the
     /// policy is exhausted; the last error is returned. `attempt` gets the attempt number
     /// (0 for the first).
-    pub async fn run<T, F, Fut>(&self, idempotency: Idempotency, mut attempt: F) -> Result<T>
+    pub async fn run<T, E, F, Fut>(&self, idempotency: Idempotency, mut attempt: F) -> Result<T, E>
     where
+        E: Retryable + std::fmt::Display,
         F: FnMut(u32) -> Fut,
-        Fut: Future<Output = Result<T>>,
+        Fut: Future<Output = Result<T, E>>,
     {
         let started = Instant::now();
         let mut retry = 0;
@@ -158,6 +183,75 @@ impl Retrier {
     }
 }
 
+impl RetryPolicy {
+    /// The transfers' defaults: 8 consecutive failures without progress (about a minute of
+    /// waiting), 250 ms doubling to 20 s; `total_timeout` caps what a `Retry-After` may ask.
+    pub fn transfers() -> Self {
+        Self {
+            max_retries: 8,
+            base: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(20),
+            total_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One transfer's backoff: the policy's schedule, with attempts counted since the last progress.
+#[derive(Debug)]
+pub struct Backoff {
+    policy: RetryPolicy,
+    attempts: u32,
+    rng: StdRng,
+}
+
+impl Backoff {
+    pub fn new(policy: RetryPolicy) -> Self {
+        Self::with_rng(policy, StdRng::from_entropy())
+    }
+
+    /// With a given RNG, so tests see fixed delays.
+    pub fn with_rng(policy: RetryPolicy, rng: StdRng) -> Self {
+        Self {
+            policy,
+            attempts: 0,
+            rng,
+        }
+    }
+
+    /// Bytes moved: start counting again.
+    pub fn reset(&mut self) {
+        self.attempts = 0;
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The delay before the next attempt, or `None` when the attempts are used up: the policy's
+    /// full-jitter backoff, never less than `retry_after` (itself capped at `total_timeout`).
+    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
+        if self.attempts >= self.policy.max_retries {
+            return None;
+        }
+        let floor = retry_after.map(|d| d.min(self.policy.total_timeout));
+        let delay = self.policy.backoff(self.attempts, floor, &mut self.rng);
+        self.attempts += 1;
+        Some(delay)
+    }
+
+    /// Sleeps before the next attempt after `last`, or gives `last` back when the attempts are
+    /// used up (the caller wraps it as it sees fit).
+    pub async fn wait<E: Retryable>(&mut self, last: E) -> Result<(), E> {
+        match self.next_delay(last.retry_after()) {
+            Some(delay) => {
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            None => Err(last),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -166,6 +260,8 @@ mod tests {
 
     use super::*;
     use crate::error::{ApiError, Error, Service};
+
+    type Result<T> = std::result::Result<T, Error>;
 
     fn transient(retry_after: Option<u64>) -> Error {
         Error::Api(ApiError {
@@ -388,6 +484,48 @@ mod tests {
             calls.load(Ordering::SeqCst),
             2,
             "a 503 from PostgREST rolled back: an insert may be resent"
+        );
+    }
+
+    #[test]
+    fn backoff_delays_grow_stay_bounded_and_stop() {
+        let config = RetryPolicy {
+            max_retries: 6,
+            base: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+            total_timeout: Duration::from_secs(5),
+        };
+        let mut backoff = Backoff::with_rng(config, StdRng::seed_from_u64(7));
+        let mut ceilings = [100u64, 200, 400, 800, 1000, 1000].into_iter();
+        while let Some(delay) = backoff.next_delay(None) {
+            let ceiling = ceilings.next().expect("no more delays than max_attempts");
+            assert!(
+                delay <= Duration::from_millis(ceiling),
+                "delay {delay:?} is within its ceiling {ceiling} ms"
+            );
+        }
+        assert_eq!(backoff.attempts(), 6, "gives up after max_attempts");
+        backoff.reset();
+        assert!(
+            backoff.next_delay(None).is_some(),
+            "progress resets the count"
+        );
+    }
+
+    #[test]
+    fn backoff_takes_retry_after_as_a_floor_with_a_cap() {
+        let mut backoff = Backoff::with_rng(RetryPolicy::transfers(), StdRng::seed_from_u64(1));
+        let delay = backoff
+            .next_delay(Some(Duration::from_secs(7)))
+            .expect("a delay");
+        assert_eq!(delay, Duration::from_secs(7), "Retry-After is honoured");
+        let delay = backoff
+            .next_delay(Some(Duration::from_secs(3600)))
+            .expect("a delay");
+        assert_eq!(
+            delay,
+            Duration::from_secs(120),
+            "an absurd Retry-After is capped"
         );
     }
 }

@@ -1,0 +1,324 @@
+//! Datasets: local validation and conversion, resumable upload, and the list the server keeps.
+
+use std::path::{Path, PathBuf};
+
+use brightrun_core::dataset::{ConversionError, ConversionSummary, convert_v3_to_v4};
+use brightrun_core::{
+    DATASET_EXTENSIONS, DATASET_MAX_BYTES, Dataset, DatasetStatus, ValidationOptions,
+    ValidationReport,
+};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::api::DatasetChanges;
+use crate::app::{App, CancellationToken, Listing, ProgressFn, Refresh, cancellable};
+use crate::error::{Error, Result};
+use crate::transfer::upload::validate_file;
+use crate::transfer::{UploadOptions, UploadOutcome, UploadRequest, UploadStateStore, Uploader};
+
+/// A local dataset file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalFile {
+    pub path: PathBuf,
+}
+
+/// A dataset of the caller's, by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetRef {
+    pub id: Uuid,
+}
+
+/// Refuses, before any work, a file the server would refuse: not a JSONL file by its name, or
+/// over the datasets bucket's size limit. Returns its size.
+pub fn check_file(path: &Path) -> Result<u64> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let extension = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if !DATASET_EXTENSIONS.contains(&extension.as_str()) {
+        return Err(Error::UnsupportedFile(format!(
+            "{name} is not a JSONL dataset: expected a .jsonl file (one JSON conversation per line)"
+        )));
+    }
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::UnsupportedFile(format!("{name} is not a file")));
+    }
+    if meta.len() > DATASET_MAX_BYTES {
+        return Err(Error::FileTooLarge(format!(
+            "{name} is {:.1} MB; datasets can be at most {} MB",
+            meta.len() as f64 / 1_048_576.0,
+            DATASET_MAX_BYTES / 1_048_576
+        )));
+    }
+    Ok(meta.len())
+}
+
+/// The full local report: every error and warning with line, field and suggestion, and the
+/// statistics (token counts from cl100k). Nothing is sent.
+pub async fn validate(
+    _app: &App,
+    request: LocalFile,
+    progress: Option<ProgressFn>,
+    cancel: &CancellationToken,
+) -> Result<ValidationReport> {
+    check_file(&request.path)?;
+    let (report, _) = validate_file(
+        &request.path,
+        &ValidationOptions::default(),
+        progress,
+        cancel,
+    )
+    .await?;
+    Ok(report)
+}
+
+/// Convert a ShareGPT (v3) file to the `messages` format (v4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvertFile {
+    pub input: PathBuf,
+    /// Where the v4 file goes; next to the input as `<stem>.v4.jsonl` when `None`.
+    #[serde(default)]
+    pub output: Option<PathBuf>,
+    /// Replace `output` if it exists.
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Converted {
+    pub output: PathBuf,
+    #[serde(flatten)]
+    pub summary: ConversionSummary,
+}
+
+/// Rewrites a v3 file as v4 in one pass (`brightrun_core::dataset::convert_v3_to_v4`). The
+/// output is written beside it under a temporary name and renamed when complete, so a failed
+/// conversion leaves no half file; an existing output is kept unless `overwrite`.
+pub async fn convert(_app: &App, request: ConvertFile) -> Result<Converted> {
+    check_file(&request.input)?;
+    let output = request.output.clone().unwrap_or_else(|| {
+        let stem = request
+            .input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "dataset".into());
+        request.input.with_file_name(format!("{stem}.v4.jsonl"))
+    });
+    if output == request.input {
+        return Err(Error::InvalidInput(
+            "the output would replace the input; name another file".into(),
+        ));
+    }
+    if !request.overwrite && output.exists() {
+        return Err(Error::InvalidInput(format!(
+            "{} exists; choose another name or allow overwriting (--force)",
+            output.display()
+        )));
+    }
+    let input = request.input.clone();
+    let target = output.clone();
+    let summary = tokio::task::spawn_blocking(move || -> Result<ConversionSummary> {
+        let reader = std::io::BufReader::new(std::fs::File::open(&input)?);
+        let dir = target.parent().filter(|p| !p.as_os_str().is_empty());
+        let mut temp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))?;
+        let summary = {
+            let writer = std::io::BufWriter::new(temp.as_file_mut());
+            convert_v3_to_v4(reader, writer, ValidationOptions::default().max_line_bytes).map_err(
+                |e| match e {
+                    ConversionError::Read { source, .. } | ConversionError::Write(source) => {
+                        Error::Io(source)
+                    }
+                    other => Error::InvalidInput(format!(
+                        "{}: {other}; validate it to see every problem",
+                        input.display()
+                    )),
+                },
+            )?
+        };
+        temp.as_file().sync_all()?;
+        temp.persist(&target).map_err(|e| Error::Io(e.error))?;
+        Ok(summary)
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    Ok(Converted { output, summary })
+}
+
+/// Upload a local file as a new dataset (or resume its interrupted upload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadDataset {
+    pub path: PathBuf,
+    /// The dataset's name; the file name without extension when `None`.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A new dataset even if this exact file was uploaded before.
+    #[serde(default)]
+    pub new: bool,
+    /// Bytes per PATCH (tests; the default is what Supabase requires).
+    #[serde(default, skip)]
+    pub chunk_size: Option<u64>,
+}
+
+fn uploader(app: &App, api: crate::api::Api, chunk_size: Option<u64>) -> Uploader {
+    let mut options = UploadOptions::default();
+    if let Some(chunk) = chunk_size {
+        options.chunk_size = chunk.max(1);
+    }
+    Uploader::with_api(api, UploadStateStore::from_local(app.db()), options)
+}
+
+/// Validates and uploads a file; a file with errors uploads nothing ([`Error::Invalid`], with
+/// the report). Interrupted (cancelled, killed, cut off), it resumes from the server's offset
+/// when run again, into the same dataset.
+pub async fn upload(
+    app: &App,
+    request: UploadDataset,
+    progress: Option<ProgressFn>,
+    cancel: &CancellationToken,
+) -> Result<UploadOutcome> {
+    check_file(&request.path)?;
+    let uploader = uploader(app, app.api().await?, request.chunk_size);
+    let upload = UploadRequest {
+        path: request.path,
+        name: request.name,
+        description: request.description,
+        format: None,
+        force_new: request.new,
+    };
+    cancellable(cancel, uploader.upload(&upload, progress)).await
+}
+
+/// An upload that has not finished: what `upload` of its file resumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InterruptedUpload {
+    pub path: PathBuf,
+    pub dataset_name: String,
+    pub dataset_id: Option<Uuid>,
+    pub bytes: u64,
+    /// Bytes the server confirmed.
+    pub confirmed: u64,
+    /// Whether the file is still there, unchanged in size.
+    pub file_present: bool,
+}
+
+/// The uploads of the signed-in user that did not finish, oldest first.
+pub async fn interrupted(app: &App) -> Result<Vec<InterruptedUpload>> {
+    let api = app.api().await?;
+    let records = uploader(app, api, None).unfinished().await?;
+    Ok(records
+        .into_iter()
+        .map(|r| {
+            let path = PathBuf::from(&r.file_path);
+            let file_present =
+                std::fs::metadata(&path).is_ok_and(|m| m.len() == r.fingerprint.size);
+            InterruptedUpload {
+                dataset_name: r.dataset_name,
+                dataset_id: r.dataset_id.and_then(|id| id.parse().ok()),
+                bytes: r.fingerprint.size,
+                confirmed: r.confirmed_offset,
+                file_present,
+                path,
+            }
+        })
+        .collect())
+}
+
+/// Which datasets to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListDatasets {
+    #[serde(default)]
+    pub refresh: Refresh,
+    /// Case-insensitive part of the name or file name.
+    #[serde(default)]
+    pub search: Option<String>,
+    #[serde(default)]
+    pub status: Option<DatasetStatus>,
+}
+
+/// The caller's datasets, newest first: from the server (which updates the local cache), or
+/// from the cache alone, at once and offline.
+pub async fn list(app: &App, request: ListDatasets) -> Result<Listing<Dataset>> {
+    let session = app.session().await?;
+    let user = session.user_id();
+    let db = app.db();
+    let stale = match request.refresh {
+        Refresh::Cache => true,
+        Refresh::Server => {
+            let api = crate::api::Api::new(session);
+            let fetched_at = Utc::now();
+            match db.datasets_cursor(user).await? {
+                Some(cursor) => {
+                    let changed = api.datasets_changed_since(Some(cursor)).await?;
+                    db.merge_datasets(user, &changed, fetched_at).await?;
+                }
+                None => {
+                    let all = api.list_datasets().await?;
+                    db.replace_datasets(user, &all, fetched_at).await?;
+                }
+            }
+            false
+        }
+    };
+    let cached = db.cached_datasets(user).await?;
+    let search = request.search.as_deref().map(str::to_lowercase);
+    let mut items: Vec<Dataset> = cached
+        .items
+        .into_iter()
+        .filter(|d| d.deleted_at.is_none())
+        .filter(|d| request.status.as_ref().is_none_or(|s| &d.status == s))
+        .filter(|d| {
+            search.as_deref().is_none_or(|q| {
+                d.name.to_lowercase().contains(q) || d.file_name.to_lowercase().contains(q)
+            })
+        })
+        .collect();
+    items.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    Ok(Listing {
+        items,
+        stale,
+        fetched_at: cached.fetched_at,
+    })
+}
+
+/// One dataset: status, statistics, samples, the server's validation errors.
+pub async fn show(app: &App, request: DatasetRef) -> Result<Dataset> {
+    app.api().await?.dataset(request.id).await
+}
+
+/// A new name or description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenameDataset {
+    pub id: Uuid,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `Some(None)` clears the description.
+    #[serde(default)]
+    pub description: Option<Option<String>>,
+}
+
+/// Renames or re-describes a dataset (the only columns a user may change).
+pub async fn rename(app: &App, request: RenameDataset) -> Result<Dataset> {
+    if let Some(name) = &request.name
+        && name.trim().is_empty()
+    {
+        return Err(Error::InvalidInput("a dataset needs a name".into()));
+    }
+    let changes = DatasetChanges {
+        name: request.name.map(|n| n.trim().to_owned()),
+        description: request.description,
+    };
+    app.api().await?.update_dataset(request.id, &changes).await
+}
+
+/// Deletes a dataset (refused while an unfinished job uses it).
+pub async fn delete(app: &App, request: DatasetRef) -> Result<Dataset> {
+    app.api().await?.delete_dataset(request.id).await
+}

@@ -1,0 +1,315 @@
+//! The app layer: one [`App`] per project, and one handler per user operation, written once and
+//! called by the CLI, the desktop shell and tests (ARCHITECTURE.md §11).
+//!
+//! A handler is `async fn(&App, Request) -> Result<Response>` with serde types; long operations
+//! also take a [`ProgressFn`] and a [`CancellationToken`], and watching is a stream of events.
+//! Front ends parse their input, call a handler and show the result or the [`crate::WireError`]:
+//! no business rule, retry, price rule or error classification lives in them.
+//!
+//! | module | operations |
+//! |---|---|
+//! | [`auth`] | sign up, sign in, sign out, who am I |
+//! | [`datasets`] | validate, convert v3 → v4, upload (and the interrupted ones), list, show, rename, delete |
+//! | [`jobs`] | GPU catalogue and presets, estimate and create from a [`brightrun_core::JobDraft`], list, show, metrics, cancel, clone, watch |
+//! | [`models`] | list, show, download |
+//! | [`notifications`] | list, mark read |
+//! | [`costs`] | a month's costs against the budget |
+//! | [`prefs`] | local preferences |
+
+pub mod auth;
+pub mod costs;
+pub mod datasets;
+pub mod jobs;
+pub mod models;
+pub mod notifications;
+pub mod prefs;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use brightrun_supabase::Secret;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+pub use tokio_util::sync::CancellationToken;
+use url::Url;
+use uuid::Uuid;
+
+use crate::api::Api;
+use crate::config::{BuildChannel, LocalStackInfo, Project};
+use crate::error::{Error, Result};
+use crate::local::LocalDb;
+use crate::secret::{KeychainStore, MemoryStore, SecretStore};
+use crate::session::Session;
+pub use crate::transfer::ProgressFn;
+
+/// The local brightrun-stack's default address.
+pub const LOCAL_URL: &str = "http://127.0.0.1:54321";
+
+/// The environment variables every front end honours, over what a user chose in the app.
+pub mod env {
+    /// The project URL.
+    pub const URL: &str = "BRIGHTRUN_URL";
+    /// The project's anon (public) key.
+    pub const ANON_KEY: &str = "BRIGHTRUN_ANON_KEY";
+    /// Where the local database, preferences and caches live (see `brightrun_dirs`).
+    pub const DATA_DIR: &str = "BRIGHTRUN_DATA_DIR";
+    /// With [`USER_ID`]: a fixed access token instead of the keychain's session (scripts,
+    /// tests). Never stored.
+    pub const ACCESS_TOKEN: &str = "BRIGHTRUN_ACCESS_TOKEN";
+    pub const USER_ID: &str = "BRIGHTRUN_USER_ID";
+}
+
+/// A project as a front end names it: command-line flags, or the choice saved by the app.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectChoice {
+    pub url: Option<String>,
+    pub anon_key: Option<String>,
+}
+
+/// Where the refresh token is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keychain {
+    /// The OS keychain: shared by the CLI and the app of the same build channel.
+    Os,
+    /// Memory: gone with the process (tests).
+    Memory,
+}
+
+/// What an [`App`] is built from.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub url: Url,
+    /// `None` until the project's anon key is known; operations that talk to the server then
+    /// fail with `not_configured`.
+    pub anon_key: Option<String>,
+    pub data_dir: PathBuf,
+    pub channel: BuildChannel,
+    pub keychain: Keychain,
+    /// A fixed access token and its user, instead of a session ([`env::ACCESS_TOKEN`]).
+    pub static_token: Option<(Uuid, Secret)>,
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+fn var(name: &str) -> Option<String> {
+    non_empty(std::env::var(name).ok())
+}
+
+impl AppConfig {
+    /// The configuration a front end runs with. Each value comes from the first that has it:
+    /// `flags`, the environment ([`env`]), `saved` (the app's first-run choice), and for the URL
+    /// the local stack. The anon key of a local stack is read from the `stack.json` it leaves
+    /// in its data directory when it serves that URL.
+    pub fn resolve(
+        flags: ProjectChoice,
+        data_dir: Option<PathBuf>,
+        saved: ProjectChoice,
+        channel: BuildChannel,
+    ) -> Result<Self> {
+        let dirs = brightrun_dirs::Dirs::from_process();
+        let stack = dirs.stack_data().and_then(|dir| LocalStackInfo::read(&dir));
+        let url_text = non_empty(flags.url)
+            .or_else(|| var(env::URL))
+            .or(non_empty(saved.url))
+            .unwrap_or_else(|| LOCAL_URL.to_owned());
+        let url: Url = url_text
+            .parse()
+            .map_err(|e| Error::InvalidInput(format!("{url_text:?} is not a URL: {e}")))?;
+        let anon_key = non_empty(flags.anon_key)
+            .or_else(|| var(env::ANON_KEY))
+            .or(non_empty(saved.anon_key))
+            .or_else(|| stack.filter(|s| s.serves(&url)).map(|s| s.anon_key));
+        let data_dir = data_dir
+            .filter(|d| !d.as_os_str().is_empty())
+            .or_else(|| dirs.app_data())
+            .ok_or_else(|| {
+                Error::NotConfigured(format!(
+                    "no data directory: set {} (or HOME)",
+                    env::DATA_DIR
+                ))
+            })?;
+        let static_token = match (var(env::ACCESS_TOKEN), var(env::USER_ID)) {
+            (Some(token), Some(user)) => {
+                let user = user.parse().map_err(|_| {
+                    Error::InvalidInput(format!("{} is not a user id (uuid)", env::USER_ID))
+                })?;
+                Some((user, Secret::new(token)))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            url,
+            anon_key,
+            data_dir,
+            channel,
+            keychain: Keychain::Os,
+            static_token,
+        })
+    }
+
+    /// The local database of this project: one file per project URL in the data directory.
+    pub fn database_path(&self) -> PathBuf {
+        let host = self.url.host_str().unwrap_or("local");
+        let port = self.url.port_or_known_default().unwrap_or(0);
+        let file: String = format!("{host}-{port}.db")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.data_dir.join(file)
+    }
+}
+
+/// A cached list and how fresh it is: `stale` until the server confirmed it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    /// Shown from the local cache; the server may know more.
+    pub stale: bool,
+    /// When the server last sent this list (`None`: never).
+    pub fetched_at: Option<DateTime<Utc>>,
+}
+
+/// Where a list comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refresh {
+    /// The local cache only: at once, offline too (`stale`).
+    Cache,
+    /// The server (the cache is updated); fails when the server cannot be reached.
+    #[default]
+    Server,
+}
+
+/// One project's client: its configuration, the one HTTP client, the local database, the
+/// keychain entry and the session. Cheap to share (`Arc<App>`); every handler takes `&App`.
+pub struct App {
+    config: AppConfig,
+    http: reqwest::Client,
+    db: LocalDb,
+    keychain: Arc<dyn SecretStore>,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("url", &self.config.url.as_str())
+            .field("data_dir", &self.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Opens the project's local database (creating the data directory) and builds the client.
+    pub async fn open(config: AppConfig) -> Result<Self> {
+        let db = LocalDb::open(&config.database_path()).await?;
+        Self::with_db(config, db)
+    }
+
+    /// With a given local database (tests: in memory).
+    pub fn with_db(config: AppConfig, db: LocalDb) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .build()
+            .map_err(Error::from)?;
+        let keychain: Arc<dyn SecretStore> = match config.keychain {
+            Keychain::Os => Arc::new(KeychainStore::for_url(&config.url, config.channel)),
+            Keychain::Memory => Arc::new(MemoryStore::new()),
+        };
+        Ok(Self {
+            config,
+            http,
+            db,
+            keychain,
+            session: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn config(&self) -> &AppConfig {
+        &self.config
+    }
+
+    pub fn db(&self) -> &LocalDb {
+        &self.db
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// The project, for operations that talk to the server.
+    pub fn project(&self) -> Result<Project> {
+        match &self.config.anon_key {
+            Some(anon_key) => Ok(Project {
+                url: self.config.url.clone(),
+                anon_key: anon_key.clone(),
+            }),
+            None => Err(Error::NotConfigured(format!(
+                "no anon key for {}: pass --anon-key or set {} (a local brightrun-stack prints \
+                 it as `anon key:` and leaves it in its data directory's stack.json; for a \
+                 hosted project it is in the dashboard's API settings)",
+                self.config.url,
+                env::ANON_KEY
+            ))),
+        }
+    }
+
+    pub(crate) fn keychain(&self) -> &Arc<dyn SecretStore> {
+        &self.keychain
+    }
+
+    /// The signed-in session: the one this app holds, or the one the keychain keeps (restored
+    /// and refreshed; the CLI and the app of one build share it). [`Error::SignedOut`] when
+    /// there is none; a network failure is an error, never a sign-out.
+    pub async fn session(&self) -> Result<Arc<Session>> {
+        let mut slot = self.session.lock().await;
+        if let Some(session) = slot.as_ref() {
+            return Ok(session.clone());
+        }
+        let project = self.project()?;
+        let session = match &self.config.static_token {
+            Some((user, token)) => {
+                Session::with_static_token(project, self.http.clone(), *user, token.clone())
+            }
+            None => Session::restore(project, self.keychain.clone(), self.http.clone())
+                .await?
+                .ok_or(Error::SignedOut)?,
+        };
+        *slot = Some(session.clone());
+        Ok(session)
+    }
+
+    /// The typed API of the signed-in session.
+    pub async fn api(&self) -> Result<Api> {
+        Ok(Api::new(self.session().await?))
+    }
+
+    pub(crate) async fn set_session(&self, session: Option<Arc<Session>>) {
+        *self.session.lock().await = session;
+    }
+}
+
+/// Runs `work` until it ends or `cancel` is cancelled ([`Error::Cancelled`]). Dropping the work
+/// is safe for every transfer: what the server confirmed is kept and the next run resumes there.
+pub(crate) async fn cancellable<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        result = work => result,
+        () = cancel.cancelled() => Err(Error::Cancelled),
+    }
+}
