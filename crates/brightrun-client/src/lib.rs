@@ -21,6 +21,8 @@ pub mod error;
 pub mod local;
 pub mod secret;
 pub mod session;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transfer;
 pub mod watch;
 

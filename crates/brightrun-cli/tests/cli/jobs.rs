@@ -7,26 +7,13 @@ use std::time::Duration;
 use brightrun_stack::testing::{TestUser, mint_user};
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::ChildStdout;
-use uuid::Uuid;
 
 use crate::support::{brightrun, finish, stack};
 
-/// A dataset of `user` as the worker leaves it after validation: ready for training.
+/// A dataset of `user` as the worker leaves it after validation: 90 training pairs, ready.
 async fn ready_dataset(user: &TestUser) -> String {
     let db = stack().db().await;
-    let id: Uuid = sqlx::query_scalar(
-        "insert into public.datasets (user_id, name, status, training_ready, validated_at,
-            storage_path, file_name, file_size, total_tokens, training_tokens,
-            total_training_pairs, total_validation_pairs)
-         values ($1, 'for jobs', 'ready', true, now(),
-            $1::text || '/' || gen_random_uuid() || '/train.jsonl', 'train.jsonl', 4096,
-            200000, 180000, 90, 10)
-         returning id",
-    )
-    .bind(user.id)
-    .fetch_one(&db)
-    .await
-    .expect("insert a ready dataset");
+    let id = brightrun_stack::testing::ready_dataset(&db, user.id, &Default::default()).await;
     db.close().await;
     id.to_string()
 }

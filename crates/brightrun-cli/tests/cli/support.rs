@@ -9,10 +9,10 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 use uuid::Uuid;
 
-pub use crate::transfer_fixtures::{
-    adapter_bytes, artifact_row, dataset_file, dataset_rows, http, put_model_object, sha256_hex,
-    stack, stored_object,
+pub use brightrun_client::testing::{
+    adapter_bytes, artifact_row, dataset_file, dataset_rows, http, stack,
 };
+pub use brightrun_stack::testing::sha256_hex;
 
 /// `brightrun <args>` against `url` as `user`, with its local database in `data_dir`.
 pub fn brightrun(url: &str, user: &TestUser, data_dir: &Path, args: &[&str]) -> Command {
@@ -80,7 +80,14 @@ pub async fn finish(child: Child) -> (std::process::ExitStatus, serde_json::Valu
 /// listing it with its SHA-256. Returns the artifact id.
 pub async fn stored_artifact(user: &TestUser, name: &str, bytes: &[u8]) -> Uuid {
     let path = format!("{}/{}/{name}", user.id, Uuid::new_v4());
-    put_model_object(&path, bytes.to_vec()).await;
+    stack()
+        .put_object(
+            "lora-models",
+            &path,
+            bytes.to_vec(),
+            "application/octet-stream",
+        )
+        .await;
     let artifacts = serde_json::json!({"files": [
         {"name": name, "path": path, "size": bytes.len(), "sha256": sha256_hex(bytes)}
     ]});

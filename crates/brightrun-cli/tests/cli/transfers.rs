@@ -7,9 +7,9 @@
 
 use tokio::io::BufReader;
 
-use crate::proxy::{Direction, FaultProxy};
 use crate::support::*;
 use brightrun_stack::testing::mint_user;
+use brightrun_stack::testing::{Direction, FaultProxy};
 
 const KILLS: usize = 10;
 
@@ -78,7 +78,7 @@ async fn upload_survives_ten_kills_with_one_dataset() {
         "the result names that row"
     );
     assert_eq!(rows[0].1, "validating", "the upload was confirmed");
-    let stored = stored_object("lora-datasets", &rows[0].2).await;
+    let stored = stack().object("lora-datasets", &rows[0].2).await;
     assert_eq!(
         sha256_hex(&stored),
         sha256_hex(&std::fs::read(&file).expect("file")),

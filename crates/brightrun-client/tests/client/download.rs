@@ -9,12 +9,12 @@ use brightrun_stack::testing::{TestUser, mint_user};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::proxy::{Direction, FaultProxy};
-use crate::transfer_fixtures::*;
+use brightrun_client::testing::*;
+use brightrun_stack::testing::{Direction, FaultProxy, sha256_hex};
 
 fn options() -> DownloadOptions {
     DownloadOptions {
-        retry: crate::transfer_fixtures::fast_retry(),
+        retry: fast_retry(),
         ..DownloadOptions::default()
     }
 }
@@ -28,7 +28,14 @@ async fn stored_adapter(
 ) -> (Uuid, Vec<u8>) {
     let bytes = adapter_bytes(len, u64::from(user.id.as_fields().0));
     let path = format!("{}/{}/adapter_model.safetensors", user.id, Uuid::new_v4());
-    put_model_object(&path, bytes.clone()).await;
+    stack()
+        .put_object(
+            "lora-models",
+            &path,
+            bytes.clone(),
+            "application/octet-stream",
+        )
+        .await;
     let sha = digest.unwrap_or_else(|| sha256_hex(&bytes));
     let (_, artifact) = artifact_row(
         user,

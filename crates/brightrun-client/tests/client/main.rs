@@ -3,9 +3,7 @@
 
 mod api;
 mod download;
-mod proxy;
 mod session;
 mod support;
-mod transfer_fixtures;
 mod upload;
 mod watch;

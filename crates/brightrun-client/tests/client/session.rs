@@ -272,12 +272,12 @@ async fn restore_with_a_refused_token_signs_out_and_forgets_it() {
 
 #[tokio::test]
 async fn sign_out_without_a_server_still_deletes_the_entry() {
-    let proxy = support::Proxy::start(&support::stack().url).await;
+    let proxy = brightrun_stack::testing::FaultProxy::start(&support::stack().url).await;
     let email = support::sign_up("sign-out-offline").await;
     let store = Arc::new(MemoryStore::new());
     let session = Session::sign_in_with(
         quick_options(),
-        support::project_at(&proxy.url),
+        support::project_at(&proxy.url()),
         store.clone(),
         http(),
         &email,
@@ -286,7 +286,7 @@ async fn sign_out_without_a_server_still_deletes_the_entry() {
     .await
     .expect("sign in through the proxy");
     let token = session.access_token().await.expect("token");
-    proxy.cut().await;
+    proxy.cut_all();
     session
         .sign_out()
         .await
@@ -309,7 +309,7 @@ async fn sign_out_without_a_server_still_deletes_the_entry() {
 
 #[tokio::test]
 async fn a_failed_early_refresh_keeps_the_still_valid_token() {
-    let proxy = support::Proxy::start(&support::stack().url).await;
+    let proxy = brightrun_stack::testing::FaultProxy::start(&support::stack().url).await;
     let email = support::sign_up("refresh-offline").await;
     let store = Arc::new(MemoryStore::new());
     // A minimum lifetime longer than the token's (3600 s): every call wants to refresh early.
@@ -319,7 +319,7 @@ async fn a_failed_early_refresh_keeps_the_still_valid_token() {
     };
     let session = Session::sign_in_with(
         options,
-        support::project_at(&proxy.url),
+        support::project_at(&proxy.url()),
         store.clone(),
         http(),
         &email,
@@ -333,7 +333,7 @@ async fn a_failed_early_refresh_keeps_the_still_valid_token() {
         1,
         "the early refresh happened while online"
     );
-    proxy.cut().await;
+    proxy.cut_all();
     let offline = session
         .access_token()
         .await
@@ -556,8 +556,8 @@ async fn sign_in_restore_sign_out_with_the_keychain() {
     let email = support::sign_up("keychain").await;
     // Through a proxy on a fresh port: the entry is keyed by the project URL, so this test never
     // touches the entry of a developer signed in to the same stack on this machine.
-    let proxy = support::Proxy::start(&support::stack().url).await;
-    let project = support::project_at(&proxy.url);
+    let proxy = brightrun_stack::testing::FaultProxy::start(&support::stack().url).await;
+    let project = support::project_at(&proxy.url());
     let store = Arc::new(KeychainStore::new(&project, BuildChannel::Dev));
     let s = store.clone();
     blocking(move || s.delete()).await.expect("start clean");

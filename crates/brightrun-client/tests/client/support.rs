@@ -1,7 +1,6 @@
-//! Shared set-up for the session and API tests: the stack under test, real sign-ups, users made
-//! directly in the database, rows only the worker would write, and a proxy that can be cut.
+//! Set-up for the session and API tests: the stack under test, real sign-ups, users made directly
+//! in the database, rows only the worker would write.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,6 @@ use brightrun_client::session::{Session, SessionOptions};
 use brightrun_client::{Project, Secret};
 use brightrun_stack::testing::{self, TestStack, TestUser};
 use sqlx::PgPool;
-use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
 pub fn stack() -> &'static TestStack {
@@ -133,57 +131,12 @@ pub async fn db() -> PgPool {
     stack().db().await
 }
 
-/// A dataset of `user_id` that the worker has validated: ready for training.
+/// A dataset of `user_id` that the worker has validated: 90 training pairs of 100 000 tokens.
 pub async fn ready_dataset(db: &PgPool, user_id: Uuid, name: &str) -> Uuid {
-    let id = Uuid::new_v4();
-    sqlx::query(
-        "insert into public.datasets (id, user_id, name, status, storage_path, file_name, file_size,
-            total_training_pairs, total_validation_pairs, total_tokens, training_tokens,
-            training_ready, validated_at)
-         values ($1, $2, $3, 'ready', $2::text || '/' || $1::text || '/data.jsonl', 'data.jsonl', 1000,
-            90, 10, 120000, 100000, true, now())",
-    )
-    .bind(id)
-    .bind(user_id)
-    .bind(name)
-    .execute(db)
-    .await
-    .expect("insert a ready dataset");
-    id
-}
-
-/// A TCP forwarder to the stack that can be cut, to take the server away from a live session.
-pub struct Proxy {
-    pub url: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(target: &str) -> Self {
-        let target: SocketAddr = target
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .parse()
-            .expect("stack URL is http://ip:port");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
-        let task = tokio::spawn(async move {
-            // Connection tasks live in this set, so aborting the accept loop drops them all.
-            let mut connections = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Self { url, task }
-    }
-
-    /// Closes the listener and every forwarded connection; new connections are refused.
-    pub async fn cut(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
+    let shape = testing::DatasetShape {
+        name: name.to_owned(),
+        training_tokens: 100_000,
+        ..testing::DatasetShape::default()
+    };
+    testing::ready_dataset(db, user_id, &shape).await
 }

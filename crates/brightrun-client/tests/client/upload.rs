@@ -12,13 +12,13 @@ use brightrun_client::transfer::{
 use brightrun_stack::testing::mint_user;
 use serde_json::json;
 
-use crate::proxy::{Direction, FaultProxy};
-use crate::transfer_fixtures::*;
+use brightrun_client::testing::*;
+use brightrun_stack::testing::{Direction, FaultProxy, sha256_hex};
 
 fn options(chunk: u64) -> UploadOptions {
     UploadOptions {
         chunk_size: chunk,
-        retry: crate::transfer_fixtures::fast_retry(),
+        retry: fast_retry(),
         ..UploadOptions::default()
     }
 }
@@ -29,7 +29,7 @@ async fn assert_uploaded_once(user: uuid::Uuid, file: &std::path::Path, dataset_
     assert_eq!(rows.len(), 1, "exactly one dataset row, got {rows:?}");
     assert_eq!(rows[0].0, dataset_id, "the outcome names the dataset row");
     assert_eq!(rows[0].1, "validating", "the upload was confirmed");
-    let stored = stored_object("lora-datasets", &rows[0].2).await;
+    let stored = stack().object("lora-datasets", &rows[0].2).await;
     assert_eq!(
         sha256_hex(&stored),
         file_sha256(file),

@@ -503,7 +503,7 @@ impl<'t> Validator<'t> {
                     message,
                     Some(
                         "Use one format per file; convert ShareGPT lines to `messages` with \
-                         `brightrun dataset convert`"
+                         `brightrun datasets convert IN OUT`"
                             .to_owned(),
                     ),
                 );

@@ -48,20 +48,13 @@ impl Owned {
 
 /// A dataset that passed validation: what the worker writes after `confirm_dataset_upload`.
 async fn ready_dataset(db: &PgPool, user: &TestUser, training_tokens: i64) -> Uuid {
-    sqlx::query_scalar(
-        "insert into public.datasets (user_id, name, format, status, storage_path, file_name,
-           file_size, total_tokens, training_tokens, total_training_pairs, total_validation_pairs,
-           training_ready, validated_at)
-         values ($1, 'support chats', 'brightrun_lora_v4', 'ready',
-           $1::text || '/' || gen_random_uuid() || '/train.jsonl', 'train.jsonl', 4096,
-           $2 + $2 / 9, $2, 900, 100, true, now())
-         returning id",
-    )
-    .bind(user.id)
-    .bind(training_tokens)
-    .fetch_one(db)
-    .await
-    .expect("insert ready dataset")
+    let shape = brightrun_stack::testing::DatasetShape {
+        name: "support chats".into(),
+        training_tokens,
+        training_pairs: 900,
+        validation_pairs: 100,
+    };
+    brightrun_stack::testing::ready_dataset(db, user.id, &shape).await
 }
 
 /// A dataset in `status`, not training-ready (uploading or validating).

@@ -3,8 +3,6 @@
 mod candle;
 mod gguf;
 mod jobs;
-#[path = "../../../brightrun-client/tests/client/proxy.rs"]
-mod proxy;
 mod queue;
 mod storage;
 mod support;

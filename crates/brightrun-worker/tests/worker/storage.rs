@@ -8,8 +8,8 @@ use brightrun_supabase::storage::UploadOptions;
 use brightrun_supabase::{RetryPolicy, Secret, Storage};
 use rand::{RngCore as _, SeedableRng as _};
 
-use crate::proxy::{Direction, FaultProxy};
 use crate::support::*;
+use brightrun_stack::testing::{Direction, FaultProxy};
 
 const MIB: u64 = 1024 * 1024;
 

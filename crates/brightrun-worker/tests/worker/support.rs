@@ -269,24 +269,9 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// Downloads an object with the service_role key.
+/// An object's bytes, read with the service_role key.
 pub async fn download(bucket: &str, path: &str) -> Vec<u8> {
-    let resp = http()
-        .get(format!("{}/storage/v1/object/{bucket}/{path}", st().url))
-        .header("apikey", &st().service_role_key)
-        .bearer_auth(&st().service_role_key)
-        .send()
-        .await
-        .expect("download");
-    assert!(
-        resp.status().is_success(),
-        "download {path}: {}",
-        resp.status()
-    );
-    resp.bytes().await.expect("bytes").to_vec()
+    st().object(bucket, path).await
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
+pub use brightrun_stack::testing::sha256_hex;

@@ -6,11 +6,9 @@
 //!   flipped once;
 //! - **gate**: at most `limit` bytes (counted over all connections) are forwarded in a direction;
 //!   then the proxy stops reading (back-pressure) until the gate is raised. Tests wait for
-//!   [`FaultProxy::wait_held`] instead of sleeping: the transfer is provably mid-way.
-//!
-//! Self-contained (tokio and rand only) so the CLI's tests can include it with `#[path]`.
-
-#![allow(dead_code)]
+//!   [`FaultProxy::wait_held`] instead of sleeping: the transfer is provably mid-way;
+//! - **down**: [`FaultProxy::cut_all`] closes every connection and refuses new ones (the
+//!   server went away), until [`FaultProxy::restore`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -59,6 +57,8 @@ struct Shared {
     plan: Mutex<Plan>,
     /// Notified on every forward and every change of plan.
     activity: Notify,
+    /// True while the proxy plays a server that went away.
+    down: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -111,6 +111,7 @@ impl FaultProxy {
                 connections: 0,
             }),
             activity: Notify::new(),
+            down: tokio::sync::watch::Sender::new(false),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Self { addr, shared, task }
@@ -169,6 +170,16 @@ impl FaultProxy {
         }
     }
 
+    /// The server goes away: every open connection is closed and new ones are closed at once.
+    pub fn cut_all(&self) {
+        self.shared.down.send_replace(true);
+    }
+
+    /// The server is back.
+    pub fn restore(&self) {
+        self.shared.down.send_replace(false);
+    }
+
     pub fn cuts_done(&self) -> u32 {
         self.shared.plan().cuts_done
     }
@@ -195,6 +206,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let Ok((client, _)) = listener.accept().await else {
             continue;
         };
+        if *shared.down.borrow() {
+            drop(client);
+            continue;
+        }
         let shared = shared.clone();
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(shared.upstream).await else {
@@ -229,6 +244,7 @@ async fn pump(
     cut: Arc<tokio::sync::watch::Sender<bool>>,
 ) {
     let mut cut_rx = cut.subscribe();
+    let mut down_rx = shared.down.subscribe();
     let mut buf = vec![0u8; 16 * 1024];
     let mut offset = 0u64;
     // Bytes left before this connection is cut, once it has been chosen for a cut.
@@ -253,7 +269,7 @@ async fn pump(
             }
             tokio::select! {
                 _ = notified => {}
-                () = cut_signal(&mut cut_rx) => return,
+                () = cut_signal(&mut cut_rx, &mut down_rx) => return,
             }
         };
         let want = (buf.len() as u64)
@@ -262,7 +278,7 @@ async fn pump(
         let want = usize::try_from(want).unwrap_or(buf.len()).max(1);
         let read = tokio::select! {
             r = from.read(&mut buf[..want]) => r,
-            () = cut_signal(&mut cut_rx) => return,
+            () = cut_signal(&mut cut_rx, &mut down_rx) => return,
         };
         let n = match read {
             Ok(0) | Err(_) => {
@@ -316,6 +332,13 @@ async fn pump(
     }
 }
 
-async fn cut_signal(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = rx.wait_for(|&c| c).await;
+/// This connection was cut, or the whole proxy went down.
+async fn cut_signal(
+    cut: &mut tokio::sync::watch::Receiver<bool>,
+    down: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = cut.wait_for(|&c| c) => {}
+        _ = down.wait_for(|&d| d) => {}
+    }
 }

@@ -4,6 +4,14 @@
 //! `cargo xtask test` starts one stack and names it through `BRIGHTRUN_TEST_*`; without those,
 //! the first caller starts one on a dedicated thread for the life of the process.
 
+mod answers;
+mod fixtures;
+pub mod proxy;
+
+pub use answers::{Answer, AnswerProxy};
+pub use fixtures::{DatasetShape, artifact_row, dataset_rows, ready_dataset, sha256_hex};
+pub use proxy::{Direction, FaultProxy};
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
