@@ -10,7 +10,7 @@ use std::time::Duration;
 use brightrun_stack::testing::{TestStack, TestUser};
 use uuid::Uuid;
 
-use crate::app::{App, AppConfig, Keychain};
+use crate::app::{App, AppConfig, Keychain, Retries};
 use crate::config::{BuildChannel, Project};
 use crate::local::LocalDb;
 use crate::retry::RetryPolicy;
@@ -57,6 +57,10 @@ pub async fn app_at(url: &str, dir: &Path, user: Option<&TestUser>) -> App {
         channel: BuildChannel::Dev,
         keychain: Keychain::Memory,
         static_token: user.map(|u| (u.id, Secret::new(u.access_token.clone()))),
+        retry: Retries {
+            requests: fast_retry(),
+            transfers: fast_retry(),
+        },
     };
     App::open(config).await.expect("the app opens")
 }

@@ -102,7 +102,8 @@ impl JobAlert {
     }
 }
 
-/// What the watcher reports (as JSON: `{"event": "job_updated", ...}`).
+/// What the watcher reports (as JSON: `{"event": "job_updated", ...}`). Within one poll: new
+/// metrics, then alerts, then the job rows that changed.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum WatchEvent {
@@ -323,13 +324,9 @@ impl JobWatcher {
             }
         }
 
-        let mut events: Vec<WatchEvent> = fresh
-            .iter()
-            .map(|job| WatchEvent::JobUpdated {
-                job: Box::new(job.clone()),
-            })
-            .collect();
-        events.extend(metrics);
+        // A poll's metrics and alerts come before the job rows that end it, so whoever stops
+        // listening when a job reaches its final state has had its last points and its alert.
+        let mut events = metrics;
         // Cancelled is not here: the user did it and needs no alert.
         let ended: Vec<&TrainingJob> = fresh
             .iter()
@@ -355,6 +352,9 @@ impl JobWatcher {
                 });
             }
         }
+        events.extend(fresh.iter().map(|job| WatchEvent::JobUpdated {
+            job: Box::new(job.clone()),
+        }));
         self.metrics.extend(advanced);
         for job in fresh {
             if job.status.is_terminal() {

@@ -168,7 +168,10 @@ pub struct UploadDataset {
 }
 
 fn uploader(app: &App, api: crate::api::Api, chunk_size: Option<u64>) -> Uploader {
-    let mut options = UploadOptions::default();
+    let mut options = UploadOptions {
+        retry: app.config().retry.transfers,
+        ..UploadOptions::default()
+    };
     if let Some(chunk) = chunk_size {
         options.chunk_size = chunk.max(1);
     }
@@ -252,7 +255,7 @@ pub async fn list(app: &App, request: ListDatasets) -> Result<Listing<Dataset>> 
     let stale = match request.refresh {
         Refresh::Cache => true,
         Refresh::Server => {
-            let api = crate::api::Api::new(session);
+            let api = app.api().await?;
             let fetched_at = Utc::now();
             match db.datasets_cursor(user).await? {
                 Some(cursor) => {

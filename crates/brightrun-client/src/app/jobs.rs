@@ -130,7 +130,7 @@ pub async fn list(app: &App, request: ListJobs) -> Result<Listing<TrainingJob>> 
         Refresh::Cache => true,
         Refresh::Server => {
             let fetched_at = Utc::now();
-            let jobs = Api::new(session).list_jobs().await?;
+            let jobs = app.api().await?.list_jobs().await?;
             app.db().replace_jobs(user, &jobs, fetched_at).await?;
             false
         }

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use brightrun_supabase::Secret;
+use brightrun_supabase::{Retrier, RetryPolicy, Secret};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 pub use tokio_util::sync::CancellationToken;
@@ -88,14 +88,29 @@ pub struct AppConfig {
     pub keychain: Keychain,
     /// A fixed access token and its user, instead of a session ([`env::ACCESS_TOKEN`]).
     pub static_token: Option<(Uuid, Secret)>,
+    pub retry: Retries,
+}
+
+/// How persistent the app is with a server that fails for a passing reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// One request sent again whole (REST, RPC, signing). [`RetryPolicy::default`].
+    pub requests: RetryPolicy,
+    /// Uploads and downloads, counted without progress. [`RetryPolicy::transfers`].
+    pub transfers: RetryPolicy,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            requests: RetryPolicy::default(),
+            transfers: RetryPolicy::transfers(),
+        }
+    }
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {
     value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
-}
-
-fn var(name: &str) -> Option<String> {
-    non_empty(std::env::var(name).ok())
 }
 
 impl AppConfig {
@@ -109,7 +124,26 @@ impl AppConfig {
         saved: ProjectChoice,
         channel: BuildChannel,
     ) -> Result<Self> {
-        let dirs = brightrun_dirs::Dirs::from_process();
+        Self::resolve_in(
+            flags,
+            data_dir,
+            saved,
+            channel,
+            |name| std::env::var(name).ok(),
+            &brightrun_dirs::Dirs::from_process(),
+        )
+    }
+
+    /// [`AppConfig::resolve`] with the environment and the directories given.
+    pub fn resolve_in<E: Fn(&str) -> Option<std::ffi::OsString>>(
+        flags: ProjectChoice,
+        data_dir: Option<PathBuf>,
+        saved: ProjectChoice,
+        channel: BuildChannel,
+        env: impl Fn(&str) -> Option<String>,
+        dirs: &brightrun_dirs::Dirs<E>,
+    ) -> Result<Self> {
+        let var = |name: &str| non_empty(env(name));
         let stack = dirs.stack_data().and_then(|dir| LocalStackInfo::read(&dir));
         let url_text = non_empty(flags.url)
             .or_else(|| var(env::URL))
@@ -147,6 +181,7 @@ impl AppConfig {
             channel,
             keychain: Keychain::Os,
             static_token,
+            retry: Retries::default(),
         })
     }
 
@@ -217,14 +252,23 @@ impl App {
 
     /// With a given local database (tests: in memory).
     pub fn with_db(config: AppConfig, db: LocalDb) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .build()
-            .map_err(Error::from)?;
         let keychain: Arc<dyn SecretStore> = match config.keychain {
             Keychain::Os => Arc::new(KeychainStore::for_url(&config.url, config.channel)),
             Keychain::Memory => Arc::new(MemoryStore::new()),
         };
+        Self::with_store(config, db, keychain)
+    }
+
+    /// With a given database and refresh-token store (tests: a keychain that fails).
+    pub fn with_store(
+        config: AppConfig,
+        db: LocalDb,
+        keychain: Arc<dyn SecretStore>,
+    ) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .build()
+            .map_err(Error::from)?;
         Ok(Self {
             config,
             http,
@@ -294,7 +338,8 @@ impl App {
 
     /// The typed API of the signed-in session.
     pub async fn api(&self) -> Result<Api> {
-        Ok(Api::new(self.session().await?))
+        let retrier = Retrier::new(self.config.retry.requests);
+        Ok(Api::with_retrier(self.session().await?, retrier))
     }
 
     pub(crate) async fn set_session(&self, session: Option<Arc<Session>>) {
@@ -311,5 +356,144 @@ pub(crate) async fn cancellable<T>(
     tokio::select! {
         result = work => result,
         () = cancel.cancelled() => Err(Error::Cancelled),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::*;
+
+    fn resolve(
+        flags: ProjectChoice,
+        saved: ProjectChoice,
+        vars: &[(&str, &str)],
+        stack_dir: &Path,
+    ) -> AppConfig {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let stack_dir = stack_dir.as_os_str().to_owned();
+        let dirs = brightrun_dirs::Dirs::with_env(
+            move |name: &str| match name {
+                "HOME" => Some(OsString::from("/home/u")),
+                "BRIGHTRUN_STACK_DATA" => Some(stack_dir.clone()),
+                _ => None,
+            },
+            false,
+        );
+        AppConfig::resolve_in(
+            flags,
+            None,
+            saved,
+            BuildChannel::Dev,
+            |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+            &dirs,
+        )
+        .expect("resolves")
+    }
+
+    fn choice(url: &str, key: &str) -> ProjectChoice {
+        ProjectChoice {
+            url: Some(url.to_owned()),
+            anon_key: Some(key.to_owned()),
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_environment_which_wins_over_the_saved_choice() {
+        let stack = tempfile::tempdir().expect("tempdir");
+        let env = [
+            (env::URL, "https://env.supabase.co"),
+            (env::ANON_KEY, "env-key"),
+        ];
+        let saved = choice("https://saved.supabase.co", "saved-key");
+        let from_flags = resolve(
+            choice("https://flag.supabase.co", "flag-key"),
+            saved.clone(),
+            &env,
+            stack.path(),
+        );
+        assert_eq!(
+            from_flags.url.as_str(),
+            "https://flag.supabase.co/",
+            "flags first"
+        );
+        assert_eq!(
+            from_flags.anon_key.as_deref(),
+            Some("flag-key"),
+            "flags first"
+        );
+        let from_env = resolve(ProjectChoice::default(), saved.clone(), &env, stack.path());
+        assert_eq!(
+            from_env.url.as_str(),
+            "https://env.supabase.co/",
+            "then the environment"
+        );
+        let from_saved = resolve(ProjectChoice::default(), saved, &[], stack.path());
+        assert_eq!(
+            from_saved.anon_key.as_deref(),
+            Some("saved-key"),
+            "then the app's choice"
+        );
+        assert_eq!(
+            from_saved.data_dir,
+            PathBuf::from("/home/u/.local/share/brightrun"),
+            "the data directory from brightrun_dirs"
+        );
+    }
+
+    #[test]
+    fn a_local_stacks_key_is_found_only_for_the_url_it_serves() {
+        let stack = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            stack.path().join(LocalStackInfo::FILE),
+            r#"{"url": "http://127.0.0.1:54321", "anon_key": "local-anon"}"#,
+        )
+        .expect("write stack.json");
+        let local = resolve(
+            ProjectChoice::default(),
+            ProjectChoice::default(),
+            &[],
+            stack.path(),
+        );
+        assert_eq!(
+            local.url.as_str(),
+            LOCAL_URL.to_owned() + "/",
+            "the local stack by default"
+        );
+        assert_eq!(
+            local.anon_key.as_deref(),
+            Some("local-anon"),
+            "its key from stack.json"
+        );
+        let other = resolve(
+            ProjectChoice {
+                url: Some("https://x.supabase.co".into()),
+                anon_key: None,
+            },
+            ProjectChoice::default(),
+            &[],
+            stack.path(),
+        );
+        assert_eq!(
+            other.anon_key, None,
+            "another project's key is not the stack's"
+        );
+        let token = resolve(
+            ProjectChoice::default(),
+            ProjectChoice::default(),
+            &[
+                (env::ACCESS_TOKEN, "t"),
+                (env::USER_ID, "6c1c1f8e-1f0e-4c53-9a53-7c8a1f3e2b10"),
+            ],
+            stack.path(),
+        );
+        assert!(
+            token.static_token.is_some(),
+            "a fixed token from the environment"
+        );
     }
 }

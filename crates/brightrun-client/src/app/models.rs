@@ -88,6 +88,7 @@ pub async fn download(
     };
     let mut options = DownloadOptions {
         require_digest: !request.allow_unverified,
+        retry: app.config().retry.transfers,
         ..DownloadOptions::default()
     };
     if let Some(threshold) = request.segment_threshold {

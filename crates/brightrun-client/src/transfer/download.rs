@@ -442,6 +442,9 @@ impl Job<'_> {
     }
 
     /// Size and ETag of the object (HEAD on the signed URL).
+    /// Size and ETag of the object, from a one-byte ranged GET: a HEAD would do, but Storage
+    /// answers a refused HEAD with a bare 400 that cannot say why (the body is where it says
+    /// not found, or an expired token), so the first byte is asked for instead.
     async fn probe(
         &self,
         url: &Url,
@@ -453,25 +456,42 @@ impl Job<'_> {
                 .api
                 .session()
                 .http()
-                .head(url.clone())
+                .get(url.clone())
+                .header(reqwest::header::RANGE, "bytes=0-0")
                 .timeout(self.dl.options.stall_timeout)
                 .send()
                 .await;
             let e: Error = match result {
-                Ok(r) if r.status().is_success() => {
-                    let size = r
-                        .headers()
-                        .get(reqwest::header::CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok())
-                        .ok_or_else(|| {
-                            Error::Protocol("no Content-Length for the object".into())
-                        })?;
+                Ok(r)
+                    if r.status().is_success()
+                        || r.status() == reqwest::StatusCode::RANGE_NOT_SATISFIABLE =>
+                {
                     let etag = r
                         .headers()
                         .get(reqwest::header::ETAG)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
+                    // `Content-Range: bytes 0-0/<size>` (206), `bytes */0` (416, empty), or a
+                    // whole 200 answer from a server that ignores Range.
+                    let total = r
+                        .headers()
+                        .get(reqwest::header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.rsplit('/').next())
+                        .and_then(|v| v.parse().ok());
+                    let size = match (r.status(), total) {
+                        (_, Some(total)) => total,
+                        (reqwest::StatusCode::OK, None) => {
+                            brightrun_supabase::storage::content_length(&r).ok_or_else(|| {
+                                Error::Protocol("no Content-Length for the object".into())
+                            })?
+                        }
+                        _ => {
+                            return Err(FetchError::Other(Error::Protocol(
+                                "a ranged answer without Content-Range".into(),
+                            )));
+                        }
+                    };
                     return Ok((size, etag));
                 }
                 Ok(r) => {

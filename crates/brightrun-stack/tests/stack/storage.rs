@@ -570,9 +570,10 @@ async fn tus_patch(
 
 /// Waits until the holding request has bytes on disk past `offset` (it then owns the upload until
 /// its body ends). Polls with HEAD, which never takes the writer lock.
-async fn wait_until_writing(url: &str, user: &TestUser, offset: u64) {
+/// Waits until the upload holds at least `offset` bytes (asking the server, not the clock).
+async fn wait_until_holding(url: &str, user: &TestUser, offset: u64) {
     for _ in 0..100_000 {
-        if tus_offset(url, user).await > offset {
+        if tus_offset(url, user).await >= offset {
             return;
         }
         tokio::task::yield_now().await;
@@ -649,8 +650,9 @@ async fn tus_wrong_offset_gets_409_and_a_second_writer_takes_over() {
             .await
         })
     };
-    // Wait until the holder is writing (it owns the upload until its body ends), not for a time.
-    wait_until_writing(&url, &user, 1024 * 1024).await;
+    // Wait until the holder has written its whole first piece (it owns the upload until its
+    // body ends), not for a time: only then is "the bytes it wrote" a known number.
+    wait_until_holding(&url, &user, 2 * 1024 * 1024).await;
     let second = tus_patch(
         &url,
         &user,
@@ -1066,7 +1068,7 @@ async fn killed_stack_mid_upload_resumes_after_restart() {
         })
     };
     // Kill once the server is writing the second chunk.
-    wait_until_writing(&url, &user, chunk as u64).await;
+    wait_until_holding(&url, &user, chunk as u64 + 1).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(own.child.id() as i32),
         nix::sys::signal::Signal::SIGKILL,

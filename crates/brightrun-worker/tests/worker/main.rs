@@ -5,4 +5,5 @@ mod gguf;
 mod jobs;
 mod queue;
 mod storage;
+mod story;
 mod support;
