@@ -11,37 +11,21 @@ use serde_json::{Value, json};
 /// Ten years, like the keys `supabase start` prints.
 const API_KEY_LIFETIME_SECS: i64 = 10 * 365 * 24 * 3600;
 
-/// The shared HS256 secret. Its `Debug` never shows the value.
-#[derive(Clone)]
-pub struct JwtSecret(String);
+/// The shared HS256 secret: the one `Secret` type of the project, whose `Debug` never shows
+/// the value and which cannot be serialized.
+pub type JwtSecret = brightrun_supabase::Secret;
 
-impl JwtSecret {
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    /// 40 random alphanumerics, as long as the CLI's default secret.
-    pub fn generate() -> Self {
-        use rand::Rng;
-        use rand::distributions::Alphanumeric;
-        Self(
-            rand::thread_rng()
-                .sample_iter(&Alphanumeric)
-                .take(40)
-                .map(char::from)
-                .collect(),
-        )
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for JwtSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JwtSecret(<redacted>)")
-    }
+/// 40 random alphanumerics, as long as the CLI's default secret.
+pub fn generate_secret() -> JwtSecret {
+    use rand::Rng;
+    use rand::distributions::Alphanumeric;
+    JwtSecret::new(
+        rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(40)
+            .map(char::from)
+            .collect::<String>(),
+    )
 }
 
 /// How strictly a token's time claims are checked: GoTrue allows no leeway, PostgREST 30 s.

@@ -264,7 +264,7 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<JwtSecret> {
     if let Ok(text) = fs::read_to_string(path) {
         return Ok(JwtSecret::new(text.trim()));
     }
-    let secret = JwtSecret::generate();
+    let secret = crate::jwt::generate_secret();
     fs::write(path, secret.expose()).with_context(|| format!("writing {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
     Ok(secret)

@@ -10,15 +10,23 @@
 //!   implementation both clients use.
 //!
 //! It must not know about sessions, keychains or local databases (the worker has none), nor
-//! about LoRA: callers bring their credentials through [`storage::Credentials`].
+//! about LoRA: callers bring their credentials through `storage::Credentials`. Without its
+//! default feature `client` only [`Secret`] is left: brightrun-stack keeps its signing key in it.
 
+#[cfg(feature = "client")]
 pub mod error;
+#[cfg(feature = "client")]
 pub mod retry;
 pub mod secret;
+#[cfg(feature = "client")]
 pub mod storage;
+#[cfg(feature = "client")]
 pub mod tus;
 
+#[cfg(feature = "client")]
 pub use error::{ApiError, Error, ErrorCode, Result, Service};
+#[cfg(feature = "client")]
 pub use retry::{Backoff, Idempotency, Retrier, RetryPolicy, Retryable};
 pub use secret::Secret;
+#[cfg(feature = "client")]
 pub use storage::{Credentials, Storage};
