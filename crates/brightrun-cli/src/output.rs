@@ -186,8 +186,23 @@ impl Progressor {
     }
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+/// A size as people read it: `812 B`, `4.2 KiB`, `31.5 MiB`, `1.20 GiB`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit >= 2 {
+        format!("{value:.2} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 pub fn report(file: &Path, report: &ValidationReport) -> String {
@@ -279,13 +294,13 @@ pub fn uploaded(file: &Path, outcome: &UploadOutcome) -> String {
         );
     }
     let resumed = match outcome.resumed_from {
-        Some(n) if n > 0 => format!(" (resumed at {})", mib(n)),
+        Some(n) if n > 0 => format!(" (resumed at {})", size(n)),
         _ => String::new(),
     };
     format!(
         "Uploaded {} ({}){resumed} as dataset {}; the server is validating it.",
         file.display(),
-        mib(outcome.bytes),
+        size(outcome.bytes),
         outcome.dataset_id
     )
 }
@@ -313,7 +328,7 @@ pub fn datasets(listing: &Listing<Dataset>) -> String {
                 "{}  {:<10}  {:>10}  {}",
                 d.id,
                 d.status.as_str(),
-                mib(u64::try_from(d.file_size).unwrap_or(0)),
+                size(u64::try_from(d.file_size).unwrap_or(0)),
                 d.name
             )
         })
@@ -329,7 +344,7 @@ pub fn dataset(d: &Dataset) -> String {
         d.id,
         d.status.as_str(),
         d.file_name,
-        mib(u64::try_from(d.file_size).unwrap_or(0)),
+        size(u64::try_from(d.file_size).unwrap_or(0)),
         d.format.as_str(),
         d.training_ready
     );
@@ -485,7 +500,7 @@ pub fn downloaded(model: &DownloadedModel) -> String {
             } else {
                 "downloaded, NOT verified (no digest recorded)"
             };
-            format!("{} ({}): {how}", f.path.display(), mib(f.size))
+            format!("{} ({}): {how}", f.path.display(), size(f.size))
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -533,7 +548,7 @@ pub fn interrupted(list: &[InterruptedUpload]) -> String {
     list.iter()
         .map(|u| {
             let state = if u.file_present {
-                format!("{} of {} uploaded", mib(u.confirmed), mib(u.bytes))
+                format!("{} of {} uploaded", size(u.confirmed), size(u.bytes))
             } else {
                 "the file is gone or changed".to_owned()
             };
@@ -557,7 +572,7 @@ pub fn model(m: &ModelArtifact) -> String {
             format!(
                 "    {} ({})",
                 f.name,
-                f.size.map_or_else(|| "size unknown".to_owned(), mib)
+                f.size.map_or_else(|| "size unknown".to_owned(), size)
             )
         })
         .collect::<Vec<_>>()
@@ -632,6 +647,14 @@ pub fn notifications(list: &[Notification]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sizes_read_as_people_read_them() {
+        assert_eq!(super::size(812), "812 B", "bytes below a KiB");
+        assert_eq!(super::size(4300), "4.2 KiB", "KiB");
+        assert_eq!(super::size(33_030_144), "31.5 MiB", "MiB");
+        assert_eq!(super::size(1_288_490_189), "1.20 GiB", "GiB");
+    }
+
     #[test]
     fn an_estimate_prints_its_cost_with_the_inputs_that_explain_it() {
         let estimate = brightrun_core::CostEstimateInputs {
