@@ -21,7 +21,7 @@ pub enum Error {
     #[error("{}", .0.message)]
     Api(ApiError),
     /// The server could not be reached, or the connection broke.
-    #[error("network: {0}")]
+    #[error("could not reach the server: {}", causes(.0))]
     Network(#[source] reqwest::Error),
     #[error("not signed in")]
     SignedOut,
@@ -79,6 +79,22 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its causes in one line (`error sending request: connection refused`): reqwest's
+/// own message rarely says what happened.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
 
 impl From<ApiError> for Error {
     fn from(api: ApiError) -> Self {
