@@ -64,6 +64,7 @@ pub fn stack() -> &'static TestStack {
                     let config = crate::StackConfig {
                         listen: ([127, 0, 0, 1], 0).into(),
                         jwt_secret: Some(JwtSecret::new(TEST_JWT_SECRET)),
+                        data_dir: Some(own_data_dir()),
                         ..Default::default()
                     };
                     let stack = crate::Stack::start(config).await.expect("stack starts");
@@ -84,6 +85,26 @@ pub fn stack() -> &'static TestStack {
         rx.recv_timeout(Duration::from_secs(120))
             .expect("stack started in time")
     })
+}
+
+/// A data directory for this process's stack, `<tmp>/brightrun-test-stack-<pid>`. The stack
+/// lives as long as the process, which ends without running destructors, so the directories of
+/// processes that are gone are removed here instead (PostgreSQL died with them).
+fn own_data_dir() -> std::path::PathBuf {
+    const PREFIX: &str = "brightrun-test-stack-";
+    let tmp = std::env::temp_dir();
+    for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+            continue;
+        };
+        if !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = tmp.join(format!("{PREFIX}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 impl TestStack {
