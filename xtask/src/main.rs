@@ -4,6 +4,7 @@
 //! committed lockfiles), starts the real services it uses and stops them again.
 
 mod bench;
+mod desktop;
 mod models;
 mod setup;
 mod stack;
@@ -40,6 +41,12 @@ enum Command {
         #[arg(value_enum, default_value = "all")]
         which: bench::Which,
     },
+    /// Build the window and the debug desktop app; prints the app's path as the last line.
+    App,
+    /// Render icons/source.svg into the app's icon set.
+    Icons,
+    /// Write ui/src/lib/bindings.ts from the desktop shell's commands, events and types.
+    Bindings,
     /// Install what is missing, start the services, run every test suite, stop the services.
     Test {
         /// Skip `cargo fmt --check` and clippy (they still run in CI).
@@ -57,6 +64,12 @@ fn main() -> ExitCode {
         }),
         Command::Stack { args } => stack::run_foreground(&args),
         Command::Bench { which } => bench::run(which),
+        Command::App => desktop::build_app().map(|path| {
+            println!("{}", path.display());
+            ExitCode::SUCCESS
+        }),
+        Command::Bindings => desktop::bindings().map(|()| ExitCode::SUCCESS),
+        Command::Icons => desktop::icons().map(|()| ExitCode::SUCCESS),
         Command::Test { no_lint } => test(!no_lint),
     };
     match result {
@@ -76,6 +89,8 @@ struct Outcome {
 
 fn test(lint: bool) -> Result<ExitCode> {
     setup::ensure_system_packages()?;
+    setup::ensure_programs(setup::DESKTOP_BUILD)?;
+    setup::ensure_programs(setup::DESKTOP_TEST)?;
     setup::ensure_npm_packages()?;
 
     let mut outcomes = Vec::new();
@@ -96,6 +111,11 @@ fn test(lint: bool) -> Result<ExitCode> {
             ])?,
         });
     }
+    // The window: types, unit tests, and the build the desktop app embeds.
+    outcomes.push(Outcome {
+        step: "ui (check, vitest, build)",
+        passed: desktop::test_ui()?,
+    });
     // Build every test binary before starting the stack, so build time is not stack uptime.
     outcomes.push(Outcome {
         step: "build tests",

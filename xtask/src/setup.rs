@@ -43,6 +43,31 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("pgbench", "postgresql-contrib"),
     ("python3", "python3"),
     ("sha256sum", "coreutils"),
+    // Building the desktop app: WebKitGTK, GTK, the tray's appindicator, SVG icons, libsoup,
+    // xdo (menus' accelerators), found with pkg-config or by their header.
+    ("pkg-config", "pkg-config"),
+    ("cc", "build-essential"),
+    ("lib:webkit2gtk-4.1", "libwebkit2gtk-4.1-dev"),
+    ("lib:gtk+-3.0", "libgtk-3-dev"),
+    (
+        "lib:ayatana-appindicator3-0.1",
+        "libayatana-appindicator3-dev",
+    ),
+    ("lib:librsvg-2.0", "librsvg2-dev"),
+    ("lib:libsoup-3.0", "libsoup-3.0-dev"),
+    ("file:/usr/include/xdo.h", "libxdo-dev"),
+    // The desktop end-to-end run: a virtual display, WebDriver for WebKitGTK, X tools for
+    // drag-and-drop and screenshots, a GTK drag source in Python, the Notify recorder.
+    ("Xvfb", "xvfb"),
+    ("xauth", "xauth"),
+    ("xdpyinfo", "x11-utils"),
+    ("WebKitWebDriver", "webkit2gtk-driver"),
+    ("xdotool", "xdotool"),
+    ("import", "imagemagick"),
+    ("dbus-monitor", "dbus-bin"),
+    ("py:gi", "python3-gi"),
+    ("py:gi-gtk3", "gir1.2-gtk-3.0"),
+    ("rsvg-convert", "librsvg2-bin"),
 ];
 
 /// What `cargo xtask test` runs besides cargo.
@@ -55,7 +80,58 @@ pub const TEST_PROGRAMS: &[&str] = &[
     "gnome-keyring-daemon",
 ];
 
+/// What the desktop app's build needs.
+pub const DESKTOP_BUILD: &[&str] = &[
+    "pkg-config",
+    "cc",
+    "lib:webkit2gtk-4.1",
+    "lib:gtk+-3.0",
+    "lib:ayatana-appindicator3-0.1",
+    "lib:librsvg-2.0",
+    "lib:libsoup-3.0",
+    "file:/usr/include/xdo.h",
+];
+
+/// What the desktop end-to-end run needs besides the build.
+pub const DESKTOP_TEST: &[&str] = &[
+    "Xvfb",
+    "xauth",
+    "xdpyinfo",
+    "WebKitWebDriver",
+    "xdotool",
+    "import",
+    "dbus-monitor",
+    "py:gi",
+    "py:gi-gtk3",
+];
+
 fn present(program: &str) -> bool {
+    if let Some(library) = program.strip_prefix("lib:") {
+        return Command::new("pkg-config")
+            .args(["--exists", library])
+            .status()
+            .is_ok_and(|s| s.success());
+    }
+    if let Some(path) = program.strip_prefix("file:") {
+        return Path::new(path).is_file();
+    }
+    // GTK helpers run with Debian's Python (`python3` may be another one without `gi`).
+    let python = |code: &str| {
+        Command::new("/usr/bin/python3")
+            .args(["-c", code])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    match program {
+        "py:gi" => return python("import gi"),
+        "py:gi-gtk3" => {
+            return python(
+                "import gi; gi.require_version('Gtk', '3.0'); from gi.repository import Gtk",
+            );
+        }
+        _ => {}
+    }
     // Debian keeps PostgreSQL's server programs off PATH, in /usr/lib/postgresql/<version>/bin.
     let server_dirs = || {
         std::fs::read_dir("/usr/lib/postgresql")

@@ -84,7 +84,7 @@ impl TestStack {
                 }
             }
         });
-        let (mut url, mut anon_key, mut service_role_key, mut db_url) = (None, None, None, None);
+        let mut banner = brightrun_client::StackBanner::default();
         loop {
             let line = match rx.recv_timeout(Duration::from_secs(120)) {
                 Ok(line) => line,
@@ -93,27 +93,21 @@ impl TestStack {
                     bail!("brightrun-stack did not become ready (see its log above)");
                 }
             };
-            if line == "ready" {
+            if banner.read(&line) {
                 break;
-            }
-            if let Some((key, value)) = line.split_once(": ") {
-                let value = Some(value.to_owned());
-                match key {
-                    "API URL" => url = value,
-                    "anon key" => anon_key = value,
-                    "service_role key" => service_role_key = value,
-                    "DB URL" => db_url = value,
-                    _ => {}
-                }
             }
         }
         Ok(Self {
             child,
             _data: data,
-            url: url.context("stack printed no API URL")?,
-            anon_key: anon_key.context("stack printed no anon key")?,
-            service_role_key: service_role_key.context("stack printed no service_role key")?,
-            db_url: db_url.context("stack printed no DB URL")?,
+            url: banner.url.context("stack printed no API URL")?,
+            anon_key: banner.anon_key.context("stack printed no anon key")?,
+            service_role_key: banner
+                .service_role_key
+                .context("stack printed no service_role key")?
+                .expose()
+                .to_owned(),
+            db_url: banner.db_url.context("stack printed no DB URL")?,
         })
     }
 
@@ -227,20 +221,18 @@ pub fn run_demo(smollm2: bool) -> Result<ExitCode> {
         .spawn()
         .with_context(|| format!("starting {}", stack_bin.display()))?;
     let mut lines = BufReader::new(stack.stdout.take().context("stack stdout")?).lines();
-    let (mut url, mut key, mut db_url) = (None, None, None);
+    let mut banner = brightrun_client::StackBanner::default();
     for line in lines.by_ref().map_while(Result::ok) {
         println!("{line}");
-        if line == "ready" {
+        if banner.read(&line) {
             break;
         }
-        match line.split_once(": ") {
-            Some(("API URL", v)) => url = Some(v.to_owned()),
-            Some(("service_role key", v)) => key = Some(v.to_owned()),
-            Some(("DB URL", v)) => db_url = Some(v.to_owned()),
-            _ => {}
-        }
     }
-    let (Some(url), Some(key), Some(db_url)) = (url, key, db_url) else {
+    let (Some(url), Some(key), Some(db_url)) = (
+        banner.url,
+        banner.service_role_key.map(|k| k.expose().to_owned()),
+        banner.db_url,
+    ) else {
         let _ = stack.kill();
         bail!("brightrun-stack did not become ready (see its log above)");
     };

@@ -62,3 +62,35 @@ impl LocalStackInfo {
         self.url.trim_end_matches('/') == url.as_str().trim_end_matches('/')
     }
 }
+
+/// What `brightrun-stack up` prints on stdout before `ready`: where it listens, its keys and its
+/// database. Read by whoever starts a stack (xtask, the desktop app's sandbox) to start a worker
+/// beside it; the service-role key printed here is never written to disk.
+#[derive(Debug, Default)]
+pub struct StackBanner {
+    pub url: Option<String>,
+    pub anon_key: Option<String>,
+    pub service_role_key: Option<crate::Secret>,
+    pub db_url: Option<String>,
+    /// The `ready` line was read.
+    pub ready: bool,
+}
+
+impl StackBanner {
+    /// Takes one line of the stack's stdout; true once it said `ready`.
+    pub fn read(&mut self, line: &str) -> bool {
+        if line == "ready" {
+            self.ready = true;
+        } else if let Some((key, value)) = line.split_once(": ") {
+            let value = value.trim().to_owned();
+            match key {
+                "API URL" => self.url = Some(value),
+                "anon key" => self.anon_key = Some(value),
+                "service_role key" => self.service_role_key = Some(crate::Secret::new(value)),
+                "DB URL" => self.db_url = Some(value),
+                _ => {}
+            }
+        }
+        self.ready
+    }
+}

@@ -234,6 +234,7 @@ impl Error {
 /// `code` is from a closed set ([`ErrorCode`]) that front ends branch on; `message` and `hint`
 /// are for people; `retryable` says whether trying the same again later may succeed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct WireError {
     pub code: ErrorCode,
     pub message: String,

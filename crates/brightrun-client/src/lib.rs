@@ -27,6 +27,6 @@ pub mod transfer;
 pub mod watch;
 
 pub use brightrun_supabase::retry;
-pub use config::{BuildChannel, LocalStackInfo, Project};
+pub use config::{BuildChannel, LocalStackInfo, Project, StackBanner};
 pub use error::{Error, ErrorCode, Result, WireError};
 pub use secret::Secret;

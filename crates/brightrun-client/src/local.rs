@@ -312,6 +312,45 @@ impl LocalDb {
         Ok(())
     }
 
+    /// Who was signed in last: `(user id, email)`.
+    pub async fn last_account(&self) -> Result<Option<(Uuid, Option<String>)>> {
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("select user_id, email from last_account where id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(id, email)| {
+            let id = id
+                .parse()
+                .map_err(|e| Error::Protocol(format!("stored user id: {e}")))?;
+            Ok((id, email))
+        })
+        .transpose()
+    }
+
+    /// Remembers who is signed in (`None`: nobody, after a sign-out).
+    pub async fn set_last_account(&self, account: Option<(Uuid, Option<&str>)>) -> Result<()> {
+        match account {
+            Some((id, email)) => {
+                sqlx::query(
+                    "insert into last_account (id, user_id, email, updated_at) values (1, ?1, ?2, ?3)
+                     on conflict (id) do update set user_id = excluded.user_id,
+                       email = excluded.email, updated_at = excluded.updated_at",
+                )
+                .bind(id.to_string())
+                .bind(email)
+                .bind(text(Utc::now()))
+                .execute(&self.pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("delete from last_account")
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// A catalogue list (`gpu_types` or `presets`) as last fetched, with when.
     pub async fn cached_catalogue<T: DeserializeOwned>(
         &self,

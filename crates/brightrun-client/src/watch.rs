@@ -68,6 +68,7 @@ pub enum Visibility {
 /// A job reached a terminal state the user wants to hear about. The text names the job by its
 /// dataset-free short id and status only: no token, no path.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct JobAlert {
     pub job_id: Uuid,
     pub status: JobStatus,
@@ -105,6 +106,7 @@ impl JobAlert {
 /// What the watcher reports (as JSON: `{"event": "job_updated", ...}`). Within one poll: new
 /// metrics, then alerts, then the job rows that changed.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum WatchEvent {
     /// A job is new or changed (status, progress, cost, ...).
@@ -122,6 +124,7 @@ pub enum WatchEvent {
     /// A poll failed for a passing reason; the next one is in `retry_in`.
     Offline {
         #[serde(rename = "retry_in_secs", serialize_with = "seconds")]
+        #[cfg_attr(feature = "specta", specta(type = f64))]
         retry_in: Duration,
     },
     /// A poll succeeded after one or more failures.

@@ -20,6 +20,7 @@ pub const DATASET_EXTENSIONS: [&str; 3] = ["jsonl", "ndjson", "jsonlines"];
 
 /// One stored file of an adapter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ArtifactFile {
     /// The file's name (to save it under, once sanitised).
     pub name: String,
@@ -36,6 +37,7 @@ pub struct ArtifactFile {
 
 /// The LoRA settings of an adapter, as its `adapter_config.json` (PEFT's `LoraConfig`) says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct PeftConfig {
     #[serde(default)]
     pub peft_type: Option<String>,
@@ -53,6 +55,7 @@ pub struct PeftConfig {
 
 /// Byte sizes of the spec's three files.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ArtifactFileSizes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter_model: Option<u64>,
@@ -64,6 +67,7 @@ pub struct ArtifactFileSizes {
 
 /// SHA-256 digests of the spec's three files.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ArtifactDigests {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter_model: Option<String>,
@@ -79,6 +83,7 @@ fn models_bucket() -> String {
 
 /// `model_artifacts.artifacts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ArtifactManifest {
     #[serde(default = "models_bucket")]
     pub bucket: String,

@@ -48,6 +48,7 @@ pub struct CostEstimateInputs {
 /// field for field as `lora_private.estimate_cost` builds it, inputs next to outputs so the UI can
 /// show why the number is what it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct CostEstimate {
     pub tokens_per_epoch: u64,
     pub epochs: u32,
@@ -190,6 +191,7 @@ fn round_half_away(value: f64, places: i32) -> f64 {
 
 /// A month's spending against the user's budget.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct BudgetStatus {
     pub budget: f64,
     pub spent: f64,

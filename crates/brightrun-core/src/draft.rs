@@ -20,6 +20,7 @@ fn one() -> u32 {
 /// Values that replace the preset's, one each. Unknown keys are refused (a misspelt
 /// `learning_rte` is an error, not a setting silently ignored).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(deny_unknown_fields)]
 pub struct HyperparameterOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,6 +108,7 @@ impl HyperparameterOverrides {
 
 /// A training job before it is submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(deny_unknown_fields)]
 pub struct JobDraft {
     pub dataset_id: Uuid,

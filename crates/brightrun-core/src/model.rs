@@ -140,6 +140,7 @@ text_enum! {
 /// the richer fields our validator adds; every field but `error` is optional so rows written by
 /// older code still read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct StoredValidationError {
     #[serde(default)]
     pub line: Option<u64>,
@@ -156,12 +157,14 @@ pub struct StoredValidationError {
 
 /// A row of `datasets`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct Dataset {
     pub id: Uuid,
     pub user_id: Uuid,
     pub name: String,
     pub description: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "specta", specta(type = DatasetFormat))]
     pub format: DatasetFormat,
     pub status: DatasetStatus,
     pub storage_bucket: String,
@@ -178,6 +181,7 @@ pub struct Dataset {
     pub avg_turns_per_conversation: Option<f64>,
     pub avg_tokens_per_turn: Option<f64>,
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "specta", specta(type = bool))]
     pub training_ready: bool,
     pub validated_at: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -202,6 +206,7 @@ impl Dataset {
 
 /// `training_jobs.hyperparameters` (HyperparameterConfig).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct HyperparameterConfig {
     /// e.g. `mistralai/Mistral-7B-v0.1`.
     pub base_model: String,
@@ -223,6 +228,7 @@ pub struct HyperparameterConfig {
 
 /// A hyperparameter outside the bounds `create_training_job` enforces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[error("hyperparameters.{field} {rule}")]
 pub struct HyperparameterProblem {
     pub field: String,
@@ -405,6 +411,7 @@ impl HyperparameterConfig {
 
 /// `training_jobs.gpu_config` (GPUConfig): the GPU choice snapshotted on the job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct GpuConfig {
     /// e.g. `A100-80GB`.
     pub gpu_type: String,
@@ -416,6 +423,7 @@ pub struct GpuConfig {
 
 /// `training_jobs.current_metrics`: the latest metrics, denormalised for list views.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct CurrentMetrics {
     pub training_loss: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -433,6 +441,7 @@ pub struct CurrentMetrics {
 
 /// A row of `training_jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct TrainingJob {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -444,11 +453,14 @@ pub struct TrainingJob {
     pub current_stage: JobStage,
     /// 0–100.
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "specta", specta(type = f64))]
     pub progress: f64,
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "specta", specta(type = i64))]
     pub current_epoch: i64,
     pub total_epochs: i64,
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "specta", specta(type = i64))]
     pub current_step: i64,
     pub total_steps: Option<i64>,
     pub current_metrics: Option<CurrentMetrics>,
@@ -457,6 +469,7 @@ pub struct TrainingJob {
     pub completed_at: Option<DateTime<Utc>>,
     pub estimated_completion_at: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "specta", specta(type = f64))]
     pub current_cost: f64,
     pub estimated_total_cost: f64,
     pub final_cost: Option<f64>,
@@ -466,12 +479,14 @@ pub struct TrainingJob {
     pub error_message: Option<String>,
     pub error_stack: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "specta", specta(type = i64))]
     pub retry_count: i64,
     pub external_job_id: Option<String>,
     pub artifact_id: Option<Uuid>,
     /// Which claim by a worker this is (`training_jobs.attempt`): 0 until a worker first claims
     /// the job, one more on every claim (a reclaimed job trains again from step 1).
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "specta", specta(type = i64))]
     pub attempt: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -494,6 +509,7 @@ fn first_attempt() -> i64 {
 
 /// A row of `metrics_points`: one logged training step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct MetricsPoint {
     pub id: Uuid,
     pub job_id: Uuid,
@@ -516,6 +532,7 @@ pub struct MetricsPoint {
 
 /// `model_artifacts.quality_metrics`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct QualityMetrics {
     pub final_training_loss: f64,
     pub final_validation_loss: f64,
@@ -530,6 +547,7 @@ pub struct QualityMetrics {
 
 /// `model_artifacts.training_summary`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct TrainingSummary {
     pub duration_seconds: f64,
     pub total_epochs: i64,
@@ -544,6 +562,7 @@ pub struct TrainingSummary {
 
 /// `model_artifacts.configuration`: a copy of the job's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct JobConfiguration {
     pub preset_id: PresetId,
     pub hyperparameters: HyperparameterConfig,
@@ -553,6 +572,7 @@ pub struct JobConfiguration {
 
 /// A row of `model_artifacts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ModelArtifact {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -575,6 +595,7 @@ pub struct ModelArtifact {
 
 /// `cost_records.details`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct CostDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_hours: Option<f64>,
@@ -590,6 +611,7 @@ pub struct CostDetails {
 
 /// A row of `cost_records`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct CostRecord {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -604,6 +626,7 @@ pub struct CostRecord {
 
 /// The answer of the `monthly_cost_summary` RPC: the caller's costs for one calendar month.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct MonthlyCostSummary {
     /// First day of the month.
     pub month: NaiveDate,
@@ -618,6 +641,7 @@ pub struct MonthlyCostSummary {
 
 /// `monthly_cost_summary.by_type`: one total per [`CostType`], zero when there were none.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct CostsByType {
     pub compute: f64,
     pub storage: f64,
@@ -626,6 +650,7 @@ pub struct CostsByType {
 
 /// One entry of `monthly_cost_summary.by_job`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct JobCost {
     pub job_id: Uuid,
     pub amount: f64,
@@ -634,6 +659,7 @@ pub struct JobCost {
 /// One entry of `monthly_cost_summary.by_gpu`: the costs of jobs by the GPU type snapshotted on
 /// the job, with the GPU-hours their records carry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct GpuCost {
     pub gpu_type: Option<String>,
     pub amount: f64,
@@ -642,6 +668,7 @@ pub struct GpuCost {
 
 /// A row of `notifications`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct Notification {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -652,6 +679,7 @@ pub struct Notification {
     pub message: String,
     pub priority: NotificationPriority,
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "specta", specta(type = bool))]
     pub read: bool,
     pub action_url: Option<String>,
     #[serde(default)]
@@ -661,6 +689,7 @@ pub struct Notification {
 
 /// Arguments of the `create_dataset` RPC (CreateDatasetInput).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct CreateDatasetInput {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -673,6 +702,7 @@ pub struct CreateDatasetInput {
 
 /// Arguments of the create-training-job call (CreateTrainingJobInput).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct CreateTrainingJobInput {
     pub dataset_id: Uuid,
     pub preset_id: PresetId,
@@ -683,6 +713,7 @@ pub struct CreateTrainingJobInput {
 /// A row of `training_presets`: a named, complete [`HyperparameterConfig`] that
 /// `create_training_job` starts from. The server's table is the only list of presets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct TrainingPreset {
     pub id: PresetId,
     pub display_name: String,
@@ -697,6 +728,7 @@ pub struct TrainingPreset {
 /// A row of `gpu_types`: one GPU type of the catalogue, with what the estimator needs to turn
 /// tokens into hours and hours into money.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct GpuType {
     /// e.g. `A100-80GB`: what `gpu_config.gpu_type` holds.
     pub id: String,

@@ -64,6 +64,15 @@ macro_rules! text_enum {
             }
         }
 
+        /// A string on the other side of the desktop app's IPC (the known values are exported
+        /// as constants next to the bindings).
+        #[cfg(feature = "specta")]
+        impl specta::Type for $name {
+            fn definition(types: &mut specta::Types) -> specta::datatype::DataType {
+                <String as specta::Type>::definition(types)
+            }
+        }
+
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 let text = String::deserialize(deserializer)?;

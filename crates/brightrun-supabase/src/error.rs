@@ -39,6 +39,7 @@ pub struct ApiError {
 /// It crosses the IPC boundary and the CLI's `--json` as its snake_case name; everything else
 /// about an error is its message and hint. Add a variant only when a front end acts on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The server could not be reached: show cached data, try again later.

@@ -3,6 +3,7 @@
 /// A token, key or password. `Debug` prints `<redacted>`; there is deliberately no `Serialize`
 /// and no `Display`, so a secret cannot reach a log, a JSON answer or a notification by accident.
 #[derive(Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "specta", derive(specta::Type), specta(transparent))]
 pub struct Secret(String);
 
 impl Secret {

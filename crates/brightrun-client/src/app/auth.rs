@@ -11,6 +11,7 @@ use crate::session::{self, Session};
 
 /// Email and password.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct Credentials {
     pub email: String,
     pub password: Secret,
@@ -18,6 +19,7 @@ pub struct Credentials {
 
 /// Who is signed in, where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct Account {
     pub user_id: Uuid,
     /// Unknown for a fixed access token.
@@ -37,6 +39,7 @@ impl Account {
 
 /// What a sign-up gave.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SignedUp {
     /// Signed in at once.
@@ -72,7 +75,7 @@ pub async fn sign_up(app: &App, request: Credentials) -> Result<SignedUp> {
     Ok(match outcome {
         session::SignUp::SignedIn(session) => {
             let account = Account::of(&session);
-            app.set_session(Some(session)).await;
+            app.set_session(Some(session)).await?;
             SignedUp::SignedIn { account }
         }
         session::SignUp::ConfirmEmail => SignedUp::ConfirmEmail { email },
@@ -91,12 +94,13 @@ pub async fn sign_in(app: &App, request: Credentials) -> Result<Account> {
     )
     .await?;
     let account = Account::of(&session);
-    app.set_session(Some(session)).await;
+    app.set_session(Some(session)).await?;
     Ok(account)
 }
 
 /// Whether there was a session to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct SignedOut {
     pub was_signed_in: bool,
 }
@@ -127,7 +131,7 @@ pub async fn sign_out(app: &App) -> Result<SignedOut> {
             .map_err(|e| Error::Keychain(format!("keychain call did not finish: {e}")))??
         }
     };
-    app.set_session(None).await;
+    app.set_session(None).await?;
     Ok(SignedOut { was_signed_in })
 }
 
@@ -135,4 +139,45 @@ pub async fn sign_out(app: &App) -> Result<SignedOut> {
 pub async fn whoami(app: &App) -> Result<Account> {
     let session = app.session().await?;
     Ok(Account::of(&session))
+}
+
+/// Where the session stands when the window opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
+pub struct SessionStatus {
+    /// Signed in (restored from the keychain), or the account signed in last when `offline`.
+    pub account: Option<Account>,
+    /// The server could not be reached: the account is the last one known, the lists cached.
+    pub offline: bool,
+}
+
+/// The session at start: restored (refreshed) from the keychain, signed out, or, when the
+/// server cannot be reached, the account signed in last (offline is not signed out).
+pub async fn status(app: &App) -> Result<SessionStatus> {
+    match app.session().await {
+        Ok(session) => Ok(SessionStatus {
+            account: Some(Account::of(&session)),
+            offline: false,
+        }),
+        Err(Error::SignedOut) => Ok(SessionStatus {
+            account: None,
+            offline: false,
+        }),
+        Err(e) if e.code() == crate::ErrorCode::Offline => {
+            let account = app
+                .db()
+                .last_account()
+                .await?
+                .map(|(user_id, email)| Account {
+                    user_id,
+                    email,
+                    project_url: app.config().url.as_str().to_owned(),
+                });
+            Ok(SessionStatus {
+                account,
+                offline: true,
+            })
+        }
+        Err(e) => Err(e),
+    }
 }

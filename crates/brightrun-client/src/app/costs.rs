@@ -9,6 +9,7 @@ use crate::error::Result;
 
 /// Which month.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct CostMonth {
     /// Any day of the month; the current month (by the server's clock) when `None`.
     #[serde(default)]
@@ -17,6 +18,7 @@ pub struct CostMonth {
 
 /// A month's costs and, with a budget set, how much of it is spent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct CostReport {
     pub summary: MonthlyCostSummary,
     pub budget: Option<BudgetStatus>,

@@ -19,12 +19,14 @@ use crate::transfer::{UploadOptions, UploadOutcome, UploadRequest, UploadStateSt
 
 /// A local dataset file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct LocalFile {
     pub path: PathBuf,
 }
 
 /// A dataset of the caller's, by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct DatasetRef {
     pub id: Uuid,
 }
@@ -80,6 +82,7 @@ pub async fn validate(
 
 /// Convert a ShareGPT (v3) file to the `messages` format (v4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ConvertFile {
     pub input: PathBuf,
     /// Where the v4 file goes; next to the input as `<stem>.v4.jsonl` when `None`.
@@ -91,6 +94,7 @@ pub struct ConvertFile {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct Converted {
     pub output: PathBuf,
     #[serde(flatten)]
@@ -152,6 +156,7 @@ pub async fn convert(_app: &App, request: ConvertFile) -> Result<Converted> {
 
 /// Upload a local file as a new dataset (or resume its interrupted upload).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct UploadDataset {
     pub path: PathBuf,
     /// The dataset's name; the file name without extension when `None`.
@@ -201,6 +206,7 @@ pub async fn upload(
 
 /// An upload that has not finished: what `upload` of its file resumes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct InterruptedUpload {
     pub path: PathBuf,
     pub dataset_name: String,
@@ -236,6 +242,7 @@ pub async fn interrupted(app: &App) -> Result<Vec<InterruptedUpload>> {
 
 /// Which datasets to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ListDatasets {
     #[serde(default)]
     pub refresh: Refresh,
@@ -249,8 +256,10 @@ pub struct ListDatasets {
 /// The caller's datasets, newest first: from the server (which updates the local cache), or
 /// from the cache alone, at once and offline.
 pub async fn list(app: &App, request: ListDatasets) -> Result<Listing<Dataset>> {
-    let session = app.session().await?;
-    let user = session.user_id();
+    let user = match request.refresh {
+        Refresh::Cache => app.user_id().await?,
+        Refresh::Server => app.session().await?.user_id(),
+    };
     let db = app.db();
     let stale = match request.refresh {
         Refresh::Cache => true,
@@ -296,8 +305,41 @@ pub async fn show(app: &App, request: DatasetRef) -> Result<Dataset> {
     app.api().await?.dataset(request.id).await
 }
 
+/// Follows a dataset the server is validating: calls `on_change` with each new version of the
+/// row (every `interval`), and returns the row once it is `ready` or `error` (or deleted).
+/// Passing network failures are waited out; the caller bounds the wait if it must.
+pub async fn follow(
+    app: &App,
+    request: DatasetRef,
+    interval: std::time::Duration,
+    mut on_change: impl FnMut(&Dataset),
+) -> Result<Dataset> {
+    let mut last: Option<Dataset> = None;
+    loop {
+        match app.api().await?.dataset(request.id).await {
+            Ok(dataset) => {
+                if last.as_ref() != Some(&dataset) {
+                    on_change(&dataset);
+                }
+                let settled = matches!(dataset.status, DatasetStatus::Ready | DatasetStatus::Error)
+                    || dataset.deleted_at.is_some();
+                if settled {
+                    return Ok(dataset);
+                }
+                last = Some(dataset);
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(code = e.code().as_str(), "following a dataset: retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 /// A new name or description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct RenameDataset {
     pub id: Uuid,
     #[serde(default)]

@@ -21,6 +21,7 @@ use crate::watch::{JobWatcher, Visibility, WatchEvent};
 
 /// A job of the caller's, by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct JobRef {
     pub id: Uuid,
 }
@@ -94,6 +95,7 @@ pub async fn estimate(app: &App, draft: JobDraft) -> Result<CostEstimate> {
 
 /// A job just queued, and what may be wrong with its settings (allowed, but worth a look).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct CreatedJob {
     pub job: TrainingJob,
     pub warnings: Vec<String>,
@@ -115,6 +117,7 @@ pub async fn create(app: &App, draft: JobDraft) -> Result<CreatedJob> {
 
 /// Which jobs to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ListJobs {
     #[serde(default)]
     pub refresh: Refresh,
@@ -124,8 +127,10 @@ pub struct ListJobs {
 
 /// The caller's jobs, newest first: from the server (updating the local cache) or the cache.
 pub async fn list(app: &App, request: ListJobs) -> Result<Listing<TrainingJob>> {
-    let session = app.session().await?;
-    let user = session.user_id();
+    let user = match request.refresh {
+        Refresh::Cache => app.user_id().await?,
+        Refresh::Server => app.session().await?.user_id(),
+    };
     let stale = match request.refresh {
         Refresh::Cache => true,
         Refresh::Server => {
@@ -175,6 +180,7 @@ pub async fn clone(app: &App, request: JobRef) -> Result<JobDraft> {
 
 /// What to watch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct WatchJobs {
     /// One job: the stream starts with its state now and ends after it reaches a final state.
     /// All jobs when `None`.

@@ -62,6 +62,7 @@ pub mod env {
 
 /// A project as a front end names it: command-line flags, or the choice saved by the app.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ProjectChoice {
     pub url: Option<String>,
     pub anon_key: Option<String>,
@@ -205,6 +206,7 @@ impl AppConfig {
 
 /// A cached list and how fresh it is: `stale` until the server confirmed it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct Listing<T> {
     pub items: Vec<T>,
     /// Shown from the local cache; the server may know more.
@@ -215,6 +217,7 @@ pub struct Listing<T> {
 
 /// Where a list comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(rename_all = "snake_case")]
 pub enum Refresh {
     /// The local cache only: at once, offline too (`stale`).
@@ -332,8 +335,26 @@ impl App {
                 .await?
                 .ok_or(Error::SignedOut)?,
         };
+        self.db
+            .set_last_account(Some((session.user_id(), session.email())))
+            .await?;
         *slot = Some(session.clone());
         Ok(session)
+    }
+
+    /// The signed-in user, for reading the local cache: the session's, or when the server cannot
+    /// be reached, the one signed in last (offline is not signed out).
+    pub async fn user_id(&self) -> Result<Uuid> {
+        match self.session().await {
+            Ok(session) => Ok(session.user_id()),
+            Err(e) if e.code() == crate::ErrorCode::Offline => {
+                match self.db.last_account().await? {
+                    Some((id, _)) => Ok(id),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The typed API of the signed-in session.
@@ -342,9 +363,57 @@ impl App {
         Ok(Api::with_retrier(self.session().await?, retrier))
     }
 
-    pub(crate) async fn set_session(&self, session: Option<Arc<Session>>) {
+    pub(crate) async fn set_session(&self, session: Option<Arc<Session>>) -> Result<()> {
+        let account = session.as_ref().map(|s| (s.user_id(), s.email()));
+        self.db.set_last_account(account).await?;
         *self.session.lock().await = session;
+        Ok(())
     }
+}
+
+/// Checks a project before it is kept: `url` answers as a BrightRun project (its GPU catalogue,
+/// which anyone with the anon key may read) and takes `anon_key`.
+pub async fn check_project(url: &str, anon_key: &str) -> Result<()> {
+    let parsed: Url = url
+        .trim()
+        .parse()
+        .map_err(|e| Error::InvalidInput(format!("{url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Error::InvalidInput(format!(
+            "{url:?} is not an http(s) URL"
+        )));
+    }
+    let project = Project {
+        url: parsed,
+        anon_key: anon_key.trim().to_owned(),
+    };
+    let mut endpoint = project.endpoint("rest", "gpu_types");
+    endpoint
+        .query_pairs_mut()
+        .append_pair("select", "id")
+        .append_pair("limit", "1");
+    let response = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(20))
+        .build()?
+        .get(endpoint)
+        .header("apikey", &project.anon_key)
+        .send()
+        .await?;
+    if response.status().is_success() {
+        return Ok(());
+    }
+    let api = crate::error::ApiError::from_response(crate::error::Service::Rest, response).await;
+    Err(match api.status {
+        401 | 403 => Error::InvalidInput(format!(
+            "the server refused the anon key ({}): copy it again from the project's API settings",
+            api.message
+        )),
+        404 => Error::InvalidInput(
+            "no BrightRun schema at that URL: apply the migrations to the project first".into(),
+        ),
+        _ => Error::Api(api),
+    })
 }
 
 /// Runs `work` until it ends or `cancel` is cancelled ([`Error::Cancelled`]). Dropping the work

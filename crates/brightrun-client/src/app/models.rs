@@ -12,6 +12,7 @@ use crate::transfer::{DownloadOptions, Downloaded, Downloader, sanitize_file_nam
 
 /// A model by its id, or by the id of the job that trained it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ModelRef {
     pub id: Uuid,
 }
@@ -47,6 +48,7 @@ pub async fn show(app: &App, request: ModelRef) -> Result<ModelArtifact> {
 
 /// Download a model's files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct DownloadModel {
     /// The model's id, or its job's.
     pub id: Uuid,
@@ -63,6 +65,7 @@ pub struct DownloadModel {
 
 /// A downloaded model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct DownloadedModel {
     pub model_id: Uuid,
     pub dir: PathBuf,

@@ -10,6 +10,7 @@ use crate::error::Result;
 
 /// Which notifications to list.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ListNotifications {
     #[serde(default)]
     pub unread_only: bool,
@@ -27,11 +28,13 @@ pub async fn list(app: &App, request: ListNotifications) -> Result<Vec<Notificat
 
 /// Exactly these notifications: the ones the user was shown, never one that arrived since.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct MarkRead {
     pub ids: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct MarkedRead {
     /// How many changed (already read ones do not count).
     pub count: u32,

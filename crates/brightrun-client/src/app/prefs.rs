@@ -12,6 +12,7 @@ use crate::watch::Cadence;
 
 /// How often running jobs are polled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(deny_unknown_fields)]
 pub struct Polling {
     /// While a job runs and the window is visible (or a terminal watches). Default 2 s.
@@ -40,6 +41,7 @@ fn yes() -> bool {
 
 /// The preferences. Missing fields take their defaults, so older files keep working.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(deny_unknown_fields)]
 pub struct Preferences {
     /// Where models are downloaded; `~/Downloads/BrightRun` (or the data folder) when `None`.

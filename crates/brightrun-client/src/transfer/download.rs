@@ -71,6 +71,7 @@ impl Default for DownloadOptions {
 
 /// A file in place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct Downloaded {
     pub path: PathBuf,
     pub size: u64,

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 /// What a transfer is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Reading the file through the validator (bytes = bytes read).
@@ -25,6 +26,7 @@ pub enum Phase {
 
 /// One progress report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct Progress {
     pub phase: Phase,
     /// Bytes done, including those done before a resume.

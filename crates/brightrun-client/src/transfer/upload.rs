@@ -109,6 +109,7 @@ impl UploadOptions {
 
 /// What an upload ended with.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct UploadOutcome {
     pub dataset_id: Uuid,
     /// The dataset row as `confirm_dataset_upload` returned it, when this run confirmed it.

@@ -11,6 +11,7 @@ use crate::model::DatasetFormat;
 
 /// A speaker, whatever a format calls it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     System,
@@ -46,6 +47,7 @@ impl Role {
 
 /// `"split"` of a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(rename_all = "snake_case")]
 pub enum Split {
     Train,
@@ -254,6 +256,7 @@ pub enum ConversionError {
 
 /// What a conversion did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ConversionSummary {
     pub conversations: u64,
     pub messages: u64,

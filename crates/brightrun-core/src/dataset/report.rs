@@ -10,6 +10,7 @@ use crate::text_enum::text_enum;
 
 /// Whether an issue blocks upload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     /// The file cannot be trained on as it is.
@@ -81,6 +82,7 @@ impl IssueCode {
 
 /// One finding, located as precisely as the input allows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct Issue {
     pub severity: Severity,
     pub code: IssueCode,
@@ -110,6 +112,7 @@ impl Issue {
 
 /// Where the train/validation split came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(rename_all = "snake_case")]
 pub enum SplitSource {
     /// At least one line carries `"split"`; lines marked `validation` are validation, the rest
@@ -123,6 +126,7 @@ pub enum SplitSource {
 
 /// Counts for one side of the split.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct SplitCounts {
     pub conversations: u64,
     /// One per assistant turn with weight 1 (the default): the turn and the context before it.
@@ -132,6 +136,7 @@ pub struct SplitCounts {
 
 /// Message counts. A turn is one message, of any role.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct TurnStatistics {
     pub total: u64,
     pub avg_per_conversation: f64,
@@ -142,6 +147,7 @@ pub struct TurnStatistics {
 /// Token counts from a real tokenizer. Per-conversation figures include the chat template's
 /// per-message overhead; the percentiles are exact (nearest rank).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct TokenStatistics {
     pub tokenizer: String,
     pub total: u64,
@@ -162,6 +168,7 @@ pub struct TokenStatistics {
 
 /// Statistics over the conversations that passed every error rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct DatasetStatistics {
     /// Non-blank lines read, valid or not.
     pub lines: u64,
@@ -178,6 +185,7 @@ pub struct DatasetStatistics {
 
 /// Whether the whole input was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(rename_all = "snake_case")]
 pub enum Completion {
     Complete,
@@ -187,6 +195,7 @@ pub enum Completion {
 
 /// The full result of validating one dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ValidationReport {
     /// The format of the first line that declared one; `None` if no line did.
     pub format: Option<DatasetFormat>,
@@ -207,6 +216,7 @@ pub struct ValidationReport {
 
 /// The `datasets` columns a validation fills in (what the worker writes after its own run).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct DatasetValidationColumns {
     pub total_training_pairs: i64,
     pub total_validation_pairs: i64,
