@@ -17,28 +17,26 @@ pub mod shell;
 
 use std::sync::Arc;
 
-use tauri::{Manager as _, RunEvent, Runtime};
+use tauri::{AppHandle, Manager as _, RunEvent, Runtime};
 
 use crate::events::Notice;
 use crate::shell::Shell;
 
-/// Registers the plugins, commands, events and state on `builder`: the same for the app and for
-/// the mock-runtime tests, which give their own `settings`.
-pub fn builder<R: Runtime>(
-    builder: tauri::Builder<R>,
-    settings: project::Settings,
-) -> tauri::Builder<R> {
-    let specta = bindings::specta_builder::<R>();
+/// Registers the plugins and the commands on `builder`: the same for the app and for the
+/// mock-runtime tests.
+pub fn builder<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
     builder
         .plugin(tauri_plugin_dialog::init())
-        .invoke_handler(specta.invoke_handler())
-        .setup(move |app| {
-            specta.mount_events(app);
-            let handle = app.handle().clone();
-            let notify: shell::Notify = Arc::new(move |notice: Notice| notice.emit(&handle));
-            app.manage(Shell::new(settings, notify));
-            Ok(())
-        })
+        .invoke_handler(bindings::specta_builder::<R>().invoke_handler())
+}
+
+/// Gives a built app its events and its state (the [`Shell`], with `settings`): at setup in
+/// the app, right after `build` in the mock-runtime tests, which never run a setup hook.
+pub fn install<R: Runtime>(handle: &AppHandle<R>, settings: project::Settings) {
+    bindings::specta_builder::<R>().mount_events(handle);
+    let emitter = handle.clone();
+    let notify: shell::Notify = Arc::new(move |notice: Notice| notice.emit(&emitter));
+    handle.manage(Shell::new(settings, notify));
 }
 
 /// Runs the app until the user quits; stops the sandbox it started.
@@ -54,7 +52,11 @@ pub fn run() {
         eprintln!("error: {e}");
         std::process::exit(1);
     });
-    let app = builder(tauri::Builder::default(), settings)
+    let app = builder(tauri::Builder::default())
+        .setup(move |app| {
+            install(app.handle(), settings);
+            Ok(())
+        })
         .build(tauri::generate_context!())
         .unwrap_or_else(|e| {
             eprintln!("error: cannot start BrightRun: {e}");

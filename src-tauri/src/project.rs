@@ -77,6 +77,16 @@ impl Settings {
         })
     }
 
+    /// Everything in `data_dir`; `environment` as `BRIGHTRUN_URL` with `BRIGHTRUN_ANON_KEY`
+    /// would give it (tests, and front ends that embed the shell).
+    pub fn new(data_dir: PathBuf, environment: Option<Choice>) -> Self {
+        Self {
+            file: data_dir.join("desktop.json"),
+            data_dir: Some(data_dir),
+            environment,
+        }
+    }
+
     /// `BRIGHTRUN_DATA_DIR`, when set.
     pub fn data_dir_override(&self) -> Option<PathBuf> {
         self.data_dir.clone()

@@ -15,9 +15,14 @@ export class Datasets {
   search = $state("");
   status = $state<string | null>(null);
   private refreshing: Promise<void> | null = null;
+  /** Called with every row the server changed. */
+  onChanged: (dataset: Dataset) => void = () => {};
 
   async start(): Promise<void> {
-    await events.datasetChanged.listen(({ payload }) => this.upsert(payload.dataset));
+    await events.datasetChanged.listen(({ payload }) => {
+      this.upsert(payload.dataset);
+      this.onChanged(payload.dataset);
+    });
     await this.load();
   }
 

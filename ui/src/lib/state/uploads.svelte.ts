@@ -57,6 +57,7 @@ export function isDatasetFile(path: string): boolean {
 export class Uploads {
   items = $state<Upload[]>([]);
   private running = false;
+  private latest = new Map<string, Dataset>();
   /** Called with every dataset row an upload produced or the server changed. */
   onDataset: (dataset: Dataset) => void = () => {};
   /** Called when a command says the session is over. */
@@ -65,7 +66,8 @@ export class Uploads {
   /** Queues files; they are processed in order. */
   add(paths: string[]): Upload[] {
     const added = paths.map((p) => new Upload(p));
-    this.items = [...added, ...this.items];
+    // Newest first on screen; the queue takes the oldest waiting one.
+    this.items = [...[...added].reverse(), ...this.items];
     void this.pump();
     return added;
   }
@@ -84,14 +86,21 @@ export class Uploads {
     }
   }
 
-  /** A dataset changed on the server: the upload it came from moves on. */
+  /** A dataset changed on the server: the upload it came from moves on. The change can
+   * arrive before the upload's own answer does, so the newest row per dataset is kept. */
   datasetChanged(dataset: Dataset): void {
+    const known = this.latest.get(dataset.id);
+    if (known && known.updated_at > dataset.updated_at) return;
+    this.latest.set(dataset.id, dataset);
     for (const upload of this.items) {
-      if (upload.dataset?.id !== dataset.id) continue;
-      upload.dataset = dataset;
-      if (dataset.status === "ready") upload.stage = "ready";
-      if (dataset.status === "error") upload.stage = "rejected";
+      if (upload.dataset?.id === dataset.id) this.follow(upload, dataset);
     }
+  }
+
+  private follow(upload: Upload, dataset: Dataset): void {
+    upload.dataset = dataset;
+    if (dataset.status === "ready") upload.stage = "ready";
+    else if (dataset.status === "error") upload.stage = "rejected";
   }
 
   async cancel(upload: Upload): Promise<void> {
@@ -194,12 +203,13 @@ export class Uploads {
       );
       upload.report = outcome.report;
       upload.resumed ||= (outcome.resumed_from ?? 0) > 0;
+      upload.stage = outcome.already_uploaded ? "ready" : "processing";
       if (outcome.dataset) {
-        upload.dataset = outcome.dataset;
         this.onDataset(outcome.dataset);
+        this.datasetChanged(outcome.dataset);
+        const newest = this.latest.get(outcome.dataset.id) ?? outcome.dataset;
+        this.follow(upload, newest);
       }
-      upload.stage = outcome.dataset?.status === "ready" ? "ready" : "processing";
-      if (outcome.already_uploaded) upload.stage = "ready";
     } catch (e) {
       this.failed(upload, e);
     } finally {

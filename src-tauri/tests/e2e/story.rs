@@ -1,0 +1,342 @@
+//! First run, sign-up, a restart that stays signed in, real drag-and-drop of a good and a broken
+//! file, an upload killed half-way and resumed at the next start, the dataset page, sign-out.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use brightrun_stack::testing::{Direction, FaultProxy, sha256_hex, stack, unique_email};
+use uuid::Uuid;
+
+use crate::harness::{App, Display, Guard, Launch, app_pids, drag_files, required};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Where screenshots go (`BRIGHTRUN_E2E_SCREENSHOTS`, else a temporary folder).
+fn shots() -> PathBuf {
+    std::env::var_os("BRIGHTRUN_E2E_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("brightrun-e2e-screenshots"))
+}
+
+/// Waits for two frames, so what the DOM says is also on screen, then shoots the window.
+async fn shoot(display: &Display, app: &App, name: &str) {
+    let _ = app
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; \
+             requestAnimationFrame(() => requestAnimationFrame(() => done(true)));",
+            vec![],
+        )
+        .await;
+    display.screenshot(&app.window, &shots().join(format!("{name}.png")));
+}
+
+/// A valid v4 dataset of about `bytes` bytes.
+fn dataset(dir: &Path, name: &str, bytes: usize) -> PathBuf {
+    let mut out = String::new();
+    let mut i = 0;
+    while out.len() < bytes {
+        out.push_str(&format!(
+            "{{\"messages\": [{{\"role\": \"system\", \"content\": \"You are a concise support agent.\"}}, {{\"role\": \"user\", \"content\": \"Order {i} has not arrived. What can I do?\"}}, {{\"role\": \"assistant\", \"content\": \"Sorry about order {i}. Please check the tracking link in your confirmation email; if it shows no movement for 3 days, reply here and we resend it.\"}}]}}\n"
+        ));
+        i += 1;
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, out).expect("write a dataset");
+    path
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The refresh token the keychain holds for `url` (dev builds: service `brightrun:dev`).
+async fn keychain_token(url: &str) -> Option<String> {
+    use secret_service::{EncryptionType, SecretService};
+    let service = SecretService::connect(EncryptionType::Dh)
+        .await
+        .expect("the Secret Service answers");
+    let attributes = std::collections::HashMap::from([
+        ("service", "brightrun:dev"),
+        ("username", url.trim_end_matches('/')),
+    ]);
+    let found = service.search_items(attributes).await.expect("search");
+    let item = found.unlocked.first()?;
+    Some(String::from_utf8(item.get_secret().await.expect("secret")).expect("utf-8"))
+}
+
+async fn dataset_rows(user: Uuid, file_name: &str) -> Vec<(Uuid, String, String)> {
+    let db = stack().db().await;
+    let rows = sqlx::query_as(
+        "select id, status::text, storage_path from public.datasets
+          where user_id = $1 and file_name = $2 and deleted_at is null",
+    )
+    .bind(user)
+    .bind(file_name)
+    .fetch_all(&db)
+    .await
+    .expect("dataset rows");
+    db.close().await;
+    rows
+}
+
+fn worker(user: Uuid, dir: &Path) -> Guard {
+    let st = stack();
+    let child = Command::new(required("BRIGHTRUN_E2E_WORKER"))
+        .env("DATABASE_URL", &st.db_url)
+        .env("BRIGHTRUN_API_URL", &st.url)
+        .env("BRIGHTRUN_SERVICE_ROLE_KEY", &st.service_role_key)
+        .args([
+            "--backend",
+            "scripted",
+            "--poll-ms",
+            "200",
+            "--only-user",
+            &user.to_string(),
+        ])
+        .arg("--work-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the worker starts");
+    Guard(child)
+}
+
+/// The point where a drop lands in the app's window: the middle of its datasets list.
+fn drop_point(display: &Display, app: &App) -> (i32, i32) {
+    display.xdotool(&["windowmove", "--sync", &app.window, "300", "0"]);
+    (300 + 640, 380)
+}
+
+#[tokio::test]
+async fn the_desktop_app_end_to_end() {
+    assert!(
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
+        "the desktop test needs a Secret Service: run it through `cargo xtask test`"
+    );
+    let st = stack();
+    let work = tempfile::Builder::new()
+        .prefix("brightrun-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    let display = Display::start(1600, 1000);
+    // The app talks to the stack through this proxy: it holds an upload half-way on demand.
+    let proxy = FaultProxy::start(&st.url).await;
+    let url = proxy.url();
+    let project = Some((url.as_str(), st.anon_key.as_str()));
+
+    // First run, no project chosen: the choice between the sandbox and a hosted project.
+    let fresh = work.path().join("fresh");
+    let app = App::launch(Launch {
+        display: &display,
+        data_dir: &fresh,
+        project: None,
+    })
+    .await;
+    app.wait_for_text("Welcome to BrightRun", MINUTE).await;
+    assert_eq!(
+        app.client.title().await.expect("title"),
+        "BrightRun",
+        "the window is BrightRun"
+    );
+    shoot(&display, &app, "first-run").await;
+    app.quit().await;
+
+    // Sign up in the window.
+    let data = work.path().join("app");
+    let app = App::launch(Launch {
+        display: &display,
+        data_dir: &data,
+        project,
+    })
+    .await;
+    app.wait_for_text("Sign in", MINUTE).await;
+    shoot(&display, &app, "sign-in").await;
+    app.click("form[aria-label='Sign in'] button[type='button']")
+        .await;
+    let email = unique_email("desktop");
+    app.fill("input[name='email']", &email).await;
+    app.fill("input[name='password']", "desktop-password-1")
+        .await;
+    app.find("form[aria-label='Create account']", MINUTE).await;
+    shoot(&display, &app, "sign-up").await;
+    app.click("form button[type='submit']").await;
+    app.wait_for_text("No datasets yet", MINUTE).await;
+    shoot(&display, &app, "datasets-empty").await;
+    app.quit().await;
+
+    // Relaunched: still signed in, from the keychain; no token in any file the app wrote.
+    let app = App::launch(Launch {
+        display: &display,
+        data_dir: &data,
+        project,
+    })
+    .await;
+    app.wait_for_text("No datasets yet", MINUTE).await;
+    let token = keychain_token(&url)
+        .await
+        .expect("the session is in the keychain");
+    for file in files_under(&data) {
+        let bytes = std::fs::read(&file).expect("read");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(&token) && !text.contains("eyJ"),
+            "{} holds a token",
+            file.display()
+        );
+    }
+    let db = st.db().await;
+    let user: Uuid = sqlx::query_scalar("select id from auth.users where email = $1")
+        .bind(&email)
+        .fetch_one(&db)
+        .await
+        .expect("the user signed up");
+    db.close().await;
+    let _worker = worker(user, &work.path().join("worker"));
+
+    // A good file dropped with the X pointer: validated, uploaded, then ready on screen.
+    let files = work.path().join("files");
+    std::fs::create_dir_all(&files).expect("files");
+    let good = dataset(&files, "support-chats.jsonl", 64 * 1024);
+    let at = drop_point(&display, &app);
+    drag_files(&display, &[good.as_path()], at);
+    app.find(
+        "article[aria-label='Upload of support-chats.jsonl'][data-stage='ready']",
+        2 * MINUTE,
+    )
+    .await;
+    app.find("tr[data-status='ready']", MINUTE).await;
+    shoot(&display, &app, "datasets-ready").await;
+
+    // A broken file: its errors with their lines, and no dataset row.
+    let broken = files.join("broken.jsonl");
+    std::fs::write(
+        &broken,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n\
+         not json\n\
+         {\"messages\": [{\"role\": \"user\", \"content\": \"no answer\"}]}\n",
+    )
+    .expect("write");
+    drag_files(&display, &[broken.as_path()], at);
+    app.find(
+        "article[aria-label='Upload of broken.jsonl'][data-stage='invalid']",
+        MINUTE,
+    )
+    .await;
+    app.wait_for_text("line 2", MINUTE).await;
+    app.wait_for_text("line 3", MINUTE).await;
+    shoot(&display, &app, "validation-errors").await;
+    assert!(
+        dataset_rows(user, "broken.jsonl").await.is_empty(),
+        "a file with errors creates no dataset"
+    );
+
+    // A large file, held half-way by the proxy, the app killed there, then relaunched: the
+    // upload resumes from the server's offset into the same dataset.
+    let large = dataset(&files, "large-chats.jsonl", 24 * 1024 * 1024);
+    proxy.hold_after(
+        Direction::Up,
+        proxy.forwarded(Direction::Up) + 9 * 1024 * 1024,
+    );
+    drag_files(&display, &[large.as_path()], at);
+    proxy.wait_held().await;
+    app.find(
+        "article[aria-label='Upload of large-chats.jsonl'][data-stage='uploading']",
+        MINUTE,
+    )
+    .await;
+    shoot(&display, &app, "uploading").await;
+    let pids = app_pids(&data);
+    assert!(!pids.is_empty(), "the app is running");
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    app.quit().await;
+    proxy.open_gate();
+    let app = App::launch(Launch {
+        display: &display,
+        data_dir: &data,
+        project,
+    })
+    .await;
+    app.find(
+        "article[aria-label='Upload of large-chats.jsonl'][data-stage='ready']",
+        3 * MINUTE,
+    )
+    .await;
+    let rows = dataset_rows(user, "large-chats.jsonl").await;
+    assert_eq!(
+        rows.len(),
+        1,
+        "one dataset for the resumed upload: {rows:?}"
+    );
+    let stored = st.object("lora-datasets", &rows[0].2).await;
+    assert_eq!(
+        sha256_hex(&stored),
+        sha256_hex(&std::fs::read(&large).expect("read")),
+        "the stored object is the file"
+    );
+
+    // The dataset page.
+    let (id, _, _) = dataset_rows(user, "support-chats.jsonl").await.remove(0);
+    app.click(&format!("a[href='#/datasets/{id}']")).await;
+    app.wait_for_text("Sample conversations", MINUTE).await;
+    shoot(&display, &app, "dataset-detail").await;
+
+    // The server unreachable at start: still signed in, the cached list on screen, marked
+    // offline.
+    app.quit().await;
+    proxy.cut_all();
+    let app = App::launch(Launch {
+        display: &display,
+        data_dir: &data,
+        project,
+    })
+    .await;
+    app.wait_for_text("Offline: showing cached lists", MINUTE)
+        .await;
+    app.find("tr[data-status='ready']", MINUTE).await;
+    app.wait_for_text("support-chats", MINUTE).await;
+    shoot(&display, &app, "offline").await;
+    assert!(
+        keychain_token(&url).await.is_some(),
+        "being offline does not sign out"
+    );
+    app.quit().await;
+    proxy.restore();
+    let app = App::launch(Launch {
+        display: &display,
+        data_dir: &data,
+        project,
+    })
+    .await;
+    app.find("tr[data-status='ready']", MINUTE).await;
+
+    // Sign out: the keychain entry goes.
+    app.click("a[href='#/settings']").await;
+    app.wait_for_text("Sign out", MINUTE).await;
+    shoot(&display, &app, "settings").await;
+    app.click("section[aria-label='Account'] button").await;
+    app.wait_for_text("Sign in", MINUTE).await;
+    assert_eq!(
+        keychain_token(&url).await,
+        None,
+        "sign-out removed the keychain entry"
+    );
+    app.quit().await;
+}
