@@ -55,6 +55,8 @@ pub(crate) struct Meter {
     bytes: u64,
     window: VecDeque<(Instant, u64)>,
     last_emit: Option<Instant>,
+    /// The byte count of the last report.
+    last_bytes: u64,
     interval: Duration,
     item: Option<String>,
 }
@@ -71,6 +73,7 @@ impl Meter {
             bytes: 0,
             window: VecDeque::new(),
             last_emit: None,
+            last_bytes: 0,
             interval: Duration::from_millis(100),
             item: None,
         }
@@ -109,7 +112,10 @@ impl Meter {
         let due = self
             .last_emit
             .is_none_or(|t| now.duration_since(t) >= self.interval);
-        if due || first_move || bytes == self.total {
+        // Also every 1% of the total: a burst that fills the socket's buffers and then stalls
+        // (a slow or held link) must not leave the last report at its first bytes.
+        let moved = bytes.abs_diff(self.last_bytes) >= (self.total / 100).max(1);
+        if due || first_move || moved || bytes == self.total {
             self.emit(now);
         }
     }
@@ -131,6 +137,7 @@ impl Meter {
 
     fn emit(&mut self, now: Instant) {
         self.last_emit = Some(now);
+        self.last_bytes = self.bytes;
         let Some(sink) = &self.sink else {
             return;
         };
@@ -161,24 +168,46 @@ mod tests {
             let seen = seen.clone();
             Arc::new(move |p: &Progress| seen.lock().expect("lock").push(p.clone())) as ProgressFn
         };
-        let mut meter = Meter::new(Some(sink), 1000);
-        meter.start_transfer(400);
-        meter.add(10);
-        for _ in 0..59 {
+        let mut meter = Meter::new(Some(sink), 1_000_000);
+        meter.start_transfer(400_000);
+        for _ in 0..60_000 {
             meter.add(10);
         }
         let seen = seen.lock().expect("lock");
-        assert_eq!(seen[0].bytes, 400, "the resume point is reported first");
+        assert_eq!(seen[0].bytes, 400_000, "the resume point is reported first");
         assert_eq!(
-            seen[0].resumed_from, 400,
+            seen[0].resumed_from, 400_000,
             "resumed_from says where this run started"
         );
         assert_eq!(
-            seen[1].bytes, 410,
+            seen[1].bytes, 400_010,
             "the first bytes moved are reported at once"
         );
         let last = seen.last().expect("reports");
-        assert_eq!(last.bytes, 1000, "the end is always reported");
-        assert!(seen.len() < 10, "reports are throttled, got {}", seen.len());
+        assert_eq!(last.bytes, 1_000_000, "the end is always reported");
+        // 60,000 moves: one report per 1% of the total, plus one per 100 ms at most.
+        assert!(seen.len() < 80, "reports are throttled, got {}", seen.len());
+    }
+
+    #[test]
+    fn a_burst_then_a_stall_leaves_a_current_report() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = {
+            let seen = seen.clone();
+            Arc::new(move |p: &Progress| seen.lock().expect("lock").push(p.clone())) as ProgressFn
+        };
+        let total = 24 << 20;
+        let mut meter = Meter::new(Some(sink), total);
+        meter.start_transfer(0);
+        // 9 MiB in 64 KiB pieces, faster than the time-based throttle, then nothing.
+        for _ in 0..144 {
+            meter.add(64 << 10);
+        }
+        let last = seen.lock().expect("lock").last().expect("reports").bytes;
+        assert!(
+            (9 << 20) - last <= total / 100,
+            "the last report says {last} bytes of {} sent",
+            9 << 20
+        );
     }
 }
