@@ -4,16 +4,28 @@
 //! run`, another app) is used as it is.
 
 use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use brightrun_client::config::LocalStackInfo;
 use brightrun_client::{Error, Result, Secret, StackBanner};
 
-/// A stack and worker this app started.
+/// A stack and worker this app started, owned by the thread that spawned them: each child is
+/// tied to that thread with `PR_SET_PDEATHSIG`, so an app that is killed (or crashes) takes its
+/// sandbox with it instead of leaving a stack on the port. The thread lives until [`stop`].
+///
+/// [`stop`]: Sandbox::stop
 #[derive(Debug)]
 pub struct Sandbox {
+    stop: mpsc::Sender<()>,
+    supervisor: std::thread::JoinHandle<()>,
+}
+
+/// The two processes, while the supervising thread holds them.
+struct Children {
     stack: Child,
     worker: Child,
 }
@@ -52,14 +64,61 @@ fn failed(what: &str, e: impl std::fmt::Display) -> Error {
 impl Sandbox {
     /// Starts the stack and waits until it is ready, then the worker.
     pub fn start() -> Result<Self> {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let supervisor = std::thread::Builder::new()
+            .name("sandbox".into())
+            .spawn(move || {
+                let children = match Children::spawn() {
+                    Ok(children) => children,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                // Until `stop` sends, or drops its sender.
+                let _ = stopped.recv();
+                children.stop();
+            })
+            .map_err(|e| failed("starting the sandbox", e))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self { stop, supervisor }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(failed("starting the sandbox", "its thread ended")),
+        }
+    }
+
+    /// Stops the worker (it hands its job back), then the stack, and waits for both.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.supervisor.join();
+    }
+}
+
+/// `program`, ended with SIGTERM (which the stack and the worker handle gracefully) when the
+/// thread that spawns it ends: the app quitting without [`Sandbox::stop`], or killed.
+fn tied(program: PathBuf) -> Command {
+    let mut command = Command::new(program);
+    #[allow(unsafe_code)]
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        });
+    }
+    command
+}
+
+impl Children {
+    fn spawn() -> Result<Self> {
         let dirs = brightrun_dirs::Dirs::from_process();
         let stack_dir = dirs
             .stack_data()
             .ok_or_else(|| Error::NotConfigured("no data directory: set HOME".into()))?;
-        let worker_dir = dirs
-            .worker_data()
-            .unwrap_or_else(|| stack_dir.join("worker"));
-        let mut stack = Command::new(program("brightrun-stack"))
+        let mut stack = tied(program("brightrun-stack"));
+        let mut stack = stack
             .arg("up")
             .arg("--data-dir")
             .arg(&stack_dir)
@@ -67,8 +126,7 @@ impl Sandbox {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| failed("starting brightrun-stack", e))?;
-        let ready = read_ready(&mut stack);
-        let (url, key, db_url) = match ready {
+        let (url, key, db_url) = match read_ready(&mut stack) {
             Ok(ready) => ready,
             Err(e) => {
                 let _ = stack.kill();
@@ -76,17 +134,22 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        let worker = Command::new(program("brightrun-worker"))
+        // The worker's scratch lives with the sandbox's data; base models are downloaded once
+        // per user, into the shared model cache.
+        let mut worker = tied(program("brightrun-worker"));
+        worker
             .env("DATABASE_URL", db_url)
             .env("BRIGHTRUN_API_URL", url)
             .env("BRIGHTRUN_SERVICE_ROLE_KEY", key.expose())
             .arg("--work-dir")
-            .arg(&worker_dir)
+            .arg(stack_dir.join("worker"))
             .args(["--backend", "candle", "--concurrency", "1"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn();
-        match worker {
+            .stdout(Stdio::null());
+        if let Some(cache) = dirs.model_cache() {
+            worker.arg("--cache-dir").arg(cache);
+        }
+        match worker.spawn() {
             Ok(worker) => Ok(Self { stack, worker }),
             Err(e) => {
                 let _ = stack.kill();
@@ -96,8 +159,7 @@ impl Sandbox {
         }
     }
 
-    /// Stops the worker (it hands its job back), then the stack.
-    pub fn stop(mut self) {
+    fn stop(mut self) {
         for child in [&mut self.worker, &mut self.stack] {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),

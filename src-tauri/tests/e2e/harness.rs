@@ -136,6 +136,15 @@ pub struct Launch<'a> {
     pub project: Option<(&'a str, &'a str)>,
 }
 
+/// Where the local sandbox of the app with data in `data_dir` keeps its stack.
+pub fn sandbox_dir(data_dir: &Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("app");
+    data_dir.with_file_name(format!("{name}.stack"))
+}
+
 /// The app under WebDriver: tauri-driver started for this launch (the app inherits its
 /// environment), and the session's client.
 pub struct App {
@@ -158,6 +167,8 @@ impl App {
                 &free_port().to_string(),
             ])
             .env("BRIGHTRUN_DATA_DIR", launch.data_dir)
+            // Never the developer's own local stack: a sandbox the app starts lives here.
+            .env("BRIGHTRUN_STACK_DATA", sandbox_dir(launch.data_dir))
             .env("WEBKIT_DISABLE_COMPOSITING_MODE", "1")
             .env_remove("BRIGHTRUN_URL")
             .env_remove("BRIGHTRUN_ANON_KEY")

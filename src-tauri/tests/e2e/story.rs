@@ -8,7 +8,7 @@ use std::time::Duration;
 use brightrun_stack::testing::{Direction, FaultProxy, sha256_hex, stack, unique_email};
 use uuid::Uuid;
 
-use crate::harness::{App, Display, Guard, Launch, app_pids, drag_files, required};
+use crate::harness::{App, Display, Guard, Launch, app_pids, drag_files, required, sandbox_dir};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -339,4 +339,90 @@ async fn the_desktop_app_end_to_end() {
         "sign-out removed the keychain entry"
     );
     app.quit().await;
+}
+
+/// The local sandbox's address (the CLI's default project).
+const SANDBOX: &str = "127.0.0.1:54321";
+
+#[tokio::test]
+async fn the_local_sandbox_starts_with_the_app_and_stops_when_it_quits() {
+    assert!(
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
+        "the desktop test needs a Secret Service: run it through `cargo xtask test`"
+    );
+    assert!(
+        std::net::TcpListener::bind(SANDBOX).is_ok(),
+        "{SANDBOX} is taken: the sandbox test starts the local stack there (stop `cargo xtask \
+         run` or another app's sandbox first)"
+    );
+    let work = tempfile::Builder::new()
+        .prefix("brightrun-e2e-sandbox-")
+        .tempdir()
+        .expect("tempdir");
+    let display = Display::start(1280, 800);
+    let data = work.path().join("app");
+    let app = App::launch(Launch {
+        display: &display,
+        data_dir: &data,
+        project: None,
+    })
+    .await;
+    app.wait_for_text("Welcome to BrightRun", MINUTE).await;
+    app.click("section[aria-labelledby='sandbox-title'] button")
+        .await;
+    // The stack initialises its PostgreSQL cluster on first start.
+    app.wait_for_text("Sign in", 3 * MINUTE).await;
+    let info = brightrun_client::LocalStackInfo::read(&sandbox_dir(&data))
+        .expect("the sandbox's stack.json");
+    assert!(info.url.contains(SANDBOX), "{}", info.url);
+    let app_pid = app_pids(&data)[0];
+    let children = |name: &str| children_named(app_pid, name);
+    let stack_pid = match children("brightrun-stack").as_slice() {
+        [pid] => nix::unistd::Pid::from_raw(*pid),
+        other => panic!("the app runs one stack, not {other:?}"),
+    };
+    assert_eq!(children("brightrun-worker").len(), 1, "and one worker");
+
+    app.click("form[aria-label='Sign in'] button[type='button']")
+        .await;
+    app.fill("input[name='email']", &unique_email("sandbox"))
+        .await;
+    app.fill("input[name='password']", "desktop-password-1")
+        .await;
+    app.click("form button[type='submit']").await;
+    app.wait_for_text("No datasets yet", MINUTE).await;
+    app.quit().await;
+
+    // Quitting stops what the app started: the stack's process ends and its port is free.
+    let deadline = std::time::Instant::now() + MINUTE;
+    while nix::sys::signal::kill(stack_pid, None).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox's stack (pid {stack_pid}) still runs after the app quit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        std::net::TcpListener::bind(SANDBOX).is_ok(),
+        "{SANDBOX} is free again"
+    );
+}
+
+/// The child processes of `parent` whose program is `name`, from /proc.
+fn children_named(parent: i32, name: &str) -> Vec<i32> {
+    let parent_of = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after_name = &stat[stat.rfind(')')? + 2..];
+        after_name.split(' ').nth(1)?.parse().ok()
+    };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|&pid| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            exe.file_name().is_some_and(|n| n == name) && parent_of(pid) == Some(parent)
+        })
+        .collect()
 }
