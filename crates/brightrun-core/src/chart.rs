@@ -13,6 +13,7 @@ use crate::model::MetricsPoint;
 
 /// Pixel size of a chart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct ChartSize {
     pub width: u32,
     pub height: u32,
@@ -25,12 +26,73 @@ impl ChartSize {
 
 /// Which curve of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(rename_all = "snake_case")]
 pub enum ChartKind {
     /// Training loss, with validation loss where it was measured.
     Loss,
     LearningRate,
     Throughput,
+}
+
+/// The window's theme: a chart follows it, so a dark window never shows a white box.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
+#[serde(rename_all = "snake_case")]
+pub enum ChartTheme {
+    #[default]
+    Light,
+    Dark,
+}
+
+/// How to draw: the theme, and a logarithmic y axis (loss curves spanning decades).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
+pub struct ChartStyle {
+    #[serde(default)]
+    pub theme: ChartTheme,
+    #[serde(default)]
+    pub log_y: bool,
+}
+
+/// The colours of a theme: the window's panel, text and lines (app.css), and the series.
+struct Palette {
+    background: RGBColor,
+    text: RGBColor,
+    axis: RGBColor,
+    grid: RGBColor,
+    series: [RGBColor; 4],
+}
+
+impl ChartTheme {
+    fn palette(self) -> Palette {
+        match self {
+            Self::Light => Palette {
+                background: RGBColor(0xff, 0xff, 0xff),
+                text: RGBColor(0x6b, 0x6b, 0x7b),
+                axis: RGBColor(0xc8, 0xc8, 0xd4),
+                grid: RGBColor(0xf0, 0xf0, 0xf4),
+                series: [
+                    RGBColor(0x25, 0x63, 0xeb),
+                    RGBColor(0xea, 0x58, 0x0c),
+                    RGBColor(0x16, 0xa3, 0x4a),
+                    RGBColor(0x93, 0x33, 0xea),
+                ],
+            },
+            Self::Dark => Palette {
+                background: RGBColor(0x1a, 0x1a, 0x22),
+                text: RGBColor(0x9a, 0x9a, 0xae),
+                axis: RGBColor(0x3a, 0x3a, 0x48),
+                grid: RGBColor(0x22, 0x22, 0x2c),
+                series: [
+                    RGBColor(0x60, 0xa5, 0xfa),
+                    RGBColor(0xfb, 0x92, 0x3c),
+                    RGBColor(0x4a, 0xde, 0x80),
+                    RGBColor(0xc0, 0x84, 0xfc),
+                ],
+            },
+        }
+    }
 }
 
 /// One named line: `(x, y)` points in increasing x (step).
@@ -107,30 +169,65 @@ impl Chart {
         }
     }
 
-    /// Renders to an SVG document.
+    /// The training loss of several jobs on one chart (compare runs), one line per
+    /// `(label, metrics)`.
+    pub fn compare(jobs: &[(String, &[MetricsPoint])]) -> Self {
+        let series = jobs
+            .iter()
+            .map(|(label, metrics)| {
+                let mut points: Vec<(f64, f64)> = metrics
+                    .iter()
+                    .map(|p| (p.step as f64, p.training_loss))
+                    .collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Series {
+                    label: label.clone(),
+                    points,
+                }
+            })
+            .collect();
+        Self {
+            title: "Training loss".to_owned(),
+            x_label: "step".to_owned(),
+            y_label: "loss".to_owned(),
+            series,
+        }
+    }
+
+    /// Renders to an SVG document, light.
     pub fn to_svg(&self, size: ChartSize) -> Result<String, ChartError> {
+        self.to_svg_styled(size, ChartStyle::default())
+    }
+
+    /// Renders to an SVG document in `style`.
+    pub fn to_svg_styled(&self, size: ChartSize, style: ChartStyle) -> Result<String, ChartError> {
         check_size(size)?;
         register_font()?;
         let mut svg = String::new();
         {
             let root =
                 SVGBackend::with_string(&mut svg, (size.width, size.height)).into_drawing_area();
-            draw(&root, self, size).map_err(|error| ChartError::Draw(Box::new(error)))?;
+            draw(&root, self, size, style).map_err(|error| ChartError::Draw(Box::new(error)))?;
             root.present()
                 .map_err(|error| ChartError::Draw(Box::new(error)))?;
         }
         Ok(svg)
     }
 
-    /// Renders to a PNG image (RGB, 8 bits).
+    /// Renders to a PNG image (RGB, 8 bits), light.
     pub fn to_png(&self, size: ChartSize) -> Result<Vec<u8>, ChartError> {
+        self.to_png_styled(size, ChartStyle::default())
+    }
+
+    /// Renders to a PNG image (RGB, 8 bits) in `style`.
+    pub fn to_png_styled(&self, size: ChartSize, style: ChartStyle) -> Result<Vec<u8>, ChartError> {
         check_size(size)?;
         register_font()?;
         let (width, height) = (size.width, size.height);
         let mut rgb = vec![0u8; width as usize * height as usize * 3];
         {
             let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
-            draw(&root, self, size).map_err(|error| ChartError::Draw(Box::new(error)))?;
+            draw(&root, self, size, style).map_err(|error| ChartError::Draw(Box::new(error)))?;
             root.present()
                 .map_err(|error| ChartError::Draw(Box::new(error)))?;
         }
@@ -170,13 +267,6 @@ fn register_font() -> Result<(), ChartError> {
     if ok { Ok(()) } else { Err(ChartError::Font) }
 }
 
-const PALETTE: [RGBColor; 4] = [
-    RGBColor(0x25, 0x63, 0xeb),
-    RGBColor(0xea, 0x58, 0x0c),
-    RGBColor(0x16, 0xa3, 0x4a),
-    RGBColor(0x93, 0x33, 0xea),
-];
-
 /// Plotters' tick layout loops for ages on ranges near f64::MAX; no real metric comes near this,
 /// so values beyond it are drawn at the edge instead.
 const AXIS_LIMIT: f64 = 1e15;
@@ -185,19 +275,25 @@ fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     chart: &Chart,
     size: ChartSize,
+    style: ChartStyle,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-    root.fill(&WHITE)?;
+    let palette = style.theme.palette();
+    root.fill(&palette.background)?;
     let buckets = size.width as usize;
+    // A log axis draws log10(y) on a linear axis, with ticks labelled as the values; points at
+    // or below zero have no logarithm and are left out.
+    let scale = |y: f64| if style.log_y { y.log10() } else { y };
     let series: Vec<(&str, Vec<(f64, f64)>)> = chart
         .series
         .iter()
         .map(|series| {
             let points = decimate(&series.points, buckets)
                 .into_iter()
+                .filter(|&(_, y)| !style.log_y || y > 0.0)
                 .map(|(x, y)| {
                     (
                         x.clamp(-AXIS_LIMIT, AXIS_LIMIT),
-                        y.clamp(-AXIS_LIMIT, AXIS_LIMIT),
+                        scale(y).clamp(-AXIS_LIMIT, AXIS_LIMIT),
                     )
                 })
                 .collect();
@@ -205,26 +301,47 @@ fn draw<DB: DrawingBackend>(
         })
         .collect();
     let (x_range, y_range) = ranges(series.iter().flat_map(|(_, points)| points.iter()));
-    let mut context = ChartBuilder::on(root)
-        .caption(&chart.title, ("sans-serif", 18))
+    let text = |px: u32| ("sans-serif", px).into_font().color(&palette.text);
+    let mut builder = ChartBuilder::on(root);
+    // An empty title draws no caption (the window titles its charts itself).
+    if !chart.title.is_empty() {
+        builder.caption(&chart.title, text(16));
+    }
+    let mut context = builder
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(64)
         .build_cartesian_2d(x_range, y_range)?;
+    let y_desc = if style.log_y {
+        format!("{} (log)", chart.y_label)
+    } else {
+        chart.y_label.clone()
+    };
+    let y_tick = |y: &f64| {
+        if style.log_y {
+            format_tick(10f64.powf(*y))
+        } else {
+            format_tick(*y)
+        }
+    };
     context
         .configure_mesh()
         .x_desc(chart.x_label.as_str())
-        .y_desc(chart.y_label.as_str())
+        .y_desc(y_desc)
         .x_label_formatter(&|x| format_tick(*x))
-        .y_label_formatter(&|y| format_tick(*y))
-        .light_line_style(RGBColor(0xee, 0xee, 0xee))
+        .y_label_formatter(&y_tick)
+        .label_style(text(12))
+        .axis_desc_style(text(12))
+        .axis_style(palette.axis)
+        .bold_line_style(palette.grid)
+        .max_light_lines(0)
         .draw()?;
     let mut labelled = 0;
     for (index, (label, points)) in series.iter().enumerate() {
         if points.is_empty() {
             continue;
         }
-        let color = PALETTE[index % PALETTE.len()];
+        let color = palette.series[index % palette.series.len()];
         // Sparse series (validation loss) get dots so single measurements are visible.
         let dots = if points.len() < 64 { 3 } else { 0 };
         context
@@ -241,8 +358,9 @@ fn draw<DB: DrawingBackend>(
         context
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(0xcc, 0xcc, 0xcc))
+            .label_font(text(12))
+            .background_style(palette.background.mix(0.85))
+            .border_style(palette.axis)
             .draw()?;
     }
     Ok(())

@@ -352,6 +352,15 @@ pub fn is_model_id(id: &str) -> bool {
 }
 
 impl HyperparameterConfig {
+    /// Optimizer steps of a run on `training_pairs` examples: `ceil(pairs / (batch_size ×
+    /// gradient_accumulation_steps))`, at least 1, per epoch: `create_training_job`'s rule for
+    /// `total_steps`, so a form can warn before anything is sent.
+    pub fn total_steps(&self, training_pairs: u64) -> u64 {
+        let per_step = u64::from(self.batch_size.max(1))
+            * u64::from(self.gradient_accumulation_steps.unwrap_or(1).max(1));
+        training_pairs.div_ceil(per_step).max(1) * u64::from(self.num_epochs)
+    }
+
     /// Settings that are allowed but defeat themselves on a run of `total_steps` optimizer
     /// steps: a warm-up as long as the run trains below the learning rate asked for all along
     /// (the spec's presets warm up for 100–500 steps; a small dataset trains for far fewer).

@@ -1,7 +1,9 @@
 //! Chart rendering and decimation.
 
 use brightrun_core::MetricsPoint;
-use brightrun_core::chart::{Chart, ChartError, ChartKind, ChartSize, Series, decimate};
+use brightrun_core::chart::{
+    Chart, ChartError, ChartKind, ChartSize, ChartStyle, ChartTheme, Series, decimate,
+};
 use chrono::{TimeZone, Utc};
 use uuid::Uuid;
 
@@ -164,4 +166,92 @@ fn extreme_values_render_without_panicking() {
         });
         assert!(svg.is_ok(), "{points:?} must render: {svg:?}");
     }
+}
+
+const SIZE: ChartSize = ChartSize {
+    width: 480,
+    height: 240,
+};
+
+#[test]
+fn a_dark_chart_paints_the_dark_panel_and_no_white_box() {
+    let chart = Chart::from_metrics(ChartKind::Loss, &metrics(300));
+    let dark = chart
+        .to_svg_styled(
+            SIZE,
+            ChartStyle {
+                theme: ChartTheme::Dark,
+                log_y: false,
+            },
+        )
+        .expect("renders");
+    assert!(dark.contains("#1A1A22"), "the dark panel colour fills it");
+    assert!(!dark.contains("#FFFFFF"), "no white anywhere in dark");
+    let light = chart.to_svg(SIZE).expect("renders");
+    assert!(light.contains("#FFFFFF"), "light is white");
+}
+
+#[test]
+fn a_log_axis_labels_ticks_as_values_and_drops_non_positive_points() {
+    let mut points: Vec<(f64, f64)> = (1..=100)
+        .map(|i| (i as f64, 10f64.powi(-(i % 4))))
+        .collect();
+    points.push((101.0, 0.0));
+    let chart = Chart {
+        title: "Loss".to_owned(),
+        x_label: "step".to_owned(),
+        y_label: "loss".to_owned(),
+        series: vec![Series {
+            label: "training loss".to_owned(),
+            points,
+        }],
+    };
+    let style = ChartStyle {
+        theme: ChartTheme::Light,
+        log_y: true,
+    };
+    let svg = chart.to_svg_styled(SIZE, style).expect("renders");
+    assert!(
+        svg.contains("loss (log)"),
+        "the axis says it is logarithmic"
+    );
+    assert!(
+        svg.contains("\n0.01\n") && svg.contains("\n0.1\n"),
+        "ticks read as loss values, not exponents"
+    );
+    let linear = chart.to_svg(SIZE).expect("renders");
+    assert!(!linear.contains("(log)"));
+}
+
+#[test]
+fn compare_draws_one_training_loss_line_per_job() {
+    let a = metrics(200);
+    let b: Vec<MetricsPoint> = metrics(120)
+        .into_iter()
+        .map(|mut p| {
+            p.training_loss *= 1.5;
+            p
+        })
+        .collect();
+    let chart = Chart::compare(&[("run a".to_owned(), &a[..]), ("run b".to_owned(), &b[..])]);
+    assert_eq!(chart.series.len(), 2);
+    assert_eq!(chart.series[0].points.len(), 200);
+    assert_eq!(chart.series[1].points[0], (0.0, 3.0));
+    let svg = chart.to_svg(SIZE).expect("renders");
+    assert!(
+        svg.contains("run a") && svg.contains("run b"),
+        "the legend names both"
+    );
+}
+
+#[test]
+fn labels_are_escaped_text_never_markup() {
+    let a = metrics(10);
+    let chart = Chart::compare(&[
+        ("<img src=x onerror=alert(1)>".to_owned(), &a[..]),
+        ("b & c".to_owned(), &a[..]),
+    ]);
+    let svg = chart.to_svg(SIZE).expect("renders");
+    assert!(!svg.contains("<img"), "a dataset name cannot inject markup");
+    assert!(svg.contains("&lt;img"), "it is drawn as text");
 }

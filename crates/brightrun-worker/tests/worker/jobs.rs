@@ -263,6 +263,13 @@ async fn the_demo_job_through_the_rpc_trains_with_candle_and_its_loss_falls_40_p
         15 * 16,
         "the RPC's step count matches the trainer's"
     );
+    let config: brightrun_core::HyperparameterConfig =
+        serde_json::from_value(hp.clone()).expect("a hyperparameter config");
+    assert_eq!(
+        config.total_steps(31),
+        15 * 16,
+        "core's rule (what the window warns with) is the RPC's"
+    );
     assert!(
         points.iter().enumerate().all(|(i, p)| p.1 == i as i32 + 1),
         "steps 1..=240 without gaps or duplicates"
