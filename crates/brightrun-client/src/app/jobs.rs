@@ -93,6 +93,76 @@ pub async fn estimate(app: &App, draft: JobDraft) -> Result<CostEstimate> {
         .await
 }
 
+/// What a form shows beside a draft as the user edits it: every value out of bounds (by
+/// field), what is allowed but unwise, and the configuration that would be submitted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
+pub struct DraftCheck {
+    /// The preset's values with the draft's changes; `None` when the preset is unknown.
+    pub hyperparameters: Option<brightrun_core::HyperparameterConfig>,
+    /// Blocking: the server would refuse these (`field` is a hyperparameter's name,
+    /// `gpu_type`, `gpu_count` or `preset`).
+    pub problems: Vec<brightrun_core::HyperparameterProblem>,
+    /// Not blocking (the warm-up as long as the run, ...).
+    pub warnings: Vec<String>,
+    /// Optimizer steps of the run, when the dataset's split is known.
+    pub total_steps: Option<u64>,
+}
+
+/// Checks a draft as the form holds it, without sending anything: the server's bounds (core's
+/// copy), the GPU count the catalogue allows, and the schedule against the dataset's size (from
+/// the local cache).
+pub async fn check(app: &App, draft: JobDraft) -> Result<DraftCheck> {
+    use brightrun_core::HyperparameterProblem as Problem;
+    let presets = presets(app, Refresh::Cache).await?.items;
+    let gpus = gpu_types(app, Refresh::Cache).await?.items;
+    let problem = |field: &str, rule: String| Problem {
+        field: field.to_owned(),
+        rule,
+    };
+    let Ok(hyperparameters) = draft.hyperparameters(&presets) else {
+        return Ok(DraftCheck {
+            hyperparameters: None,
+            problems: vec![problem(
+                "preset",
+                format!("{} is not offered", draft.preset),
+            )],
+            warnings: Vec::new(),
+            total_steps: None,
+        });
+    };
+    let mut problems = hyperparameters.problems();
+    match gpus.iter().find(|g| g.id == draft.gpu_type) {
+        None => problems.push(problem("gpu_type", "is not offered".to_owned())),
+        Some(gpu) if !(1..=gpu.max_gpus).contains(&draft.gpu_count) => problems.push(problem(
+            "gpu_count",
+            format!("must be between 1 and {} for {}", gpu.max_gpus, gpu.id),
+        )),
+        Some(_) => {}
+    }
+    let user = app.user_id().await?;
+    let pairs = app
+        .db()
+        .cached_datasets(user)
+        .await?
+        .items
+        .into_iter()
+        .find(|d| d.id == draft.dataset_id)
+        .and_then(|d| d.total_training_pairs)
+        .and_then(|n| u64::try_from(n).ok());
+    let total_steps = pairs.map(|n| hyperparameters.total_steps(n));
+    let warnings = total_steps
+        .and_then(|steps| hyperparameters.schedule_warning(steps))
+        .into_iter()
+        .collect();
+    Ok(DraftCheck {
+        hyperparameters: Some(hyperparameters),
+        problems,
+        warnings,
+        total_steps,
+    })
+}
+
 /// A job just queued, and what may be wrong with its settings (allowed, but worth a look).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "specta", derive(specta::Type))]

@@ -10,7 +10,8 @@
 //! |---|---|
 //! | [`auth`] | sign up, sign in, sign out, who am I |
 //! | [`datasets`] | validate, convert v3 → v4, upload (and the interrupted ones), list, show, rename, delete |
-//! | [`jobs`] | GPU catalogue and presets, estimate and create from a [`brightrun_core::JobDraft`], list, show, metrics, cancel, clone, watch |
+//! | [`jobs`] | GPU catalogue and presets, check, estimate and create from a [`brightrun_core::JobDraft`], list, show, metrics, cancel, clone, watch |
+//! | [`curves`] | training curves kept as the watcher brings them, drawn as charts |
 //! | [`models`] | list, show, download |
 //! | [`notifications`] | list, mark read |
 //! | [`costs`] | a month's costs against the budget |
@@ -18,6 +19,7 @@
 
 pub mod auth;
 pub mod costs;
+pub mod curves;
 pub mod datasets;
 pub mod jobs;
 pub mod models;

@@ -46,6 +46,13 @@ pub async fn show(app: &App, request: ModelRef) -> Result<ModelArtifact> {
     }
 }
 
+/// Where a model downloads unless the user names a folder: `<download folder>/<model name>`.
+pub async fn default_dir(app: &App, model: &ModelArtifact) -> Result<PathBuf> {
+    let base = prefs::get(app).await?.download_dir(app);
+    let name = sanitize_file_name(&model.name).unwrap_or_else(|| model.id.to_string());
+    Ok(base.join(name))
+}
+
 /// Download a model's files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "specta", derive(specta::Type))]
@@ -83,11 +90,7 @@ pub async fn download(
     let model = show(app, ModelRef { id: request.id }).await?;
     let dir = match request.to {
         Some(dir) => dir,
-        None => {
-            let base = prefs::get(app).await?.download_dir(app);
-            let name = sanitize_file_name(&model.name).unwrap_or_else(|| model.id.to_string());
-            base.join(name)
-        }
+        None => default_dir(app, &model).await?,
     };
     let mut options = DownloadOptions {
         require_digest: !request.allow_unverified,

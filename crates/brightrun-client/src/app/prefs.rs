@@ -39,6 +39,17 @@ fn yes() -> bool {
     true
 }
 
+/// The window's colours: the system's, or always light or dark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
+#[serde(rename_all = "snake_case")]
+pub enum Theme {
+    #[default]
+    System,
+    Light,
+    Dark,
+}
+
 /// The preferences. Missing fields take their defaults, so older files keep working.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "specta", derive(specta::Type))]
@@ -58,6 +69,11 @@ pub struct Preferences {
     pub notifications: bool,
     #[serde(default)]
     pub polling: Polling,
+    /// Closing the desktop window keeps the app watching from the tray. Default on.
+    #[serde(default = "yes")]
+    pub close_to_tray: bool,
+    #[serde(default)]
+    pub theme: Theme,
 }
 
 impl Default for Preferences {
@@ -68,6 +84,8 @@ impl Default for Preferences {
             budget_alert_percent: eighty(),
             notifications: true,
             polling: Polling::default(),
+            close_to_tray: true,
+            theme: Theme::System,
         }
     }
 }

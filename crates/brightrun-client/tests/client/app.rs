@@ -3,7 +3,7 @@
 //! checked and kept, a month's costs against the budget.
 
 use brightrun_client::ErrorCode;
-use brightrun_client::app::prefs::{self, Polling, Preferences};
+use brightrun_client::app::prefs::{self, Polling, Preferences, Theme};
 use brightrun_client::app::{CancellationToken, Refresh, costs, datasets, notifications};
 use brightrun_client::testing::*;
 use brightrun_stack::testing::{FaultProxy, mint_user};
@@ -230,6 +230,8 @@ async fn preferences_are_checked_kept_and_used() {
             active_seconds: 5,
             background_seconds: 60,
         },
+        close_to_tray: false,
+        theme: Theme::Dark,
     };
     prefs::set(&app, chosen.clone()).await.expect("saved");
     let reopened = app_at(&stack().url, &dir.path().join("app"), Some(&user)).await;
