@@ -2,7 +2,7 @@
 //! from the Rust signatures into `ui/src/lib/bindings.ts` (`cargo xtask bindings`); a test fails
 //! when the committed file differs, so the window never redeclares a backend type.
 
-use brightrun_core::{DatasetFormat, DatasetStatus, IssueCode};
+use brightrun_core::{DatasetFormat, DatasetStatus, IssueCode, JobStage, JobStatus};
 use specta_typescript::Typescript;
 use tauri::Runtime;
 use tauri_specta::{Builder, collect_commands, collect_events};
@@ -39,10 +39,35 @@ pub fn specta_builder<R: Runtime>() -> Builder<R> {
             commands::delete_dataset,
             commands::get_preferences,
             commands::set_preferences,
+            commands::gpu_types,
+            commands::presets,
+            commands::check_job,
+            commands::estimate_job,
+            commands::create_job,
+            commands::list_jobs,
+            commands::show_job,
+            commands::cancel_job,
+            commands::clone_job,
+            commands::job_chart,
+            commands::export_chart,
+            commands::watch_jobs,
+            commands::window_visible,
+            commands::list_models,
+            commands::show_model,
+            commands::download_model,
+            commands::model_folder,
+            commands::open_folder,
+            commands::list_notifications,
+            commands::mark_notifications_read,
+            commands::cost_month,
         ])
         .events(collect_events![
             events::SessionChanged,
-            events::DatasetChanged
+            events::DatasetChanged,
+            events::JobChanged,
+            events::MetricsAdded,
+            events::JobFinished,
+            events::ConnectionChanged
         ])
         // Byte and token counts are u64/i64 in Rust and far below 2^53: numbers in TypeScript.
         .dangerously_cast_bigints_to_number()
@@ -50,6 +75,8 @@ pub fn specta_builder<R: Runtime>() -> Builder<R> {
         .constant("DATASET_STATUSES", known(DatasetStatus::KNOWN))
         .constant("DATASET_FORMATS", known(DatasetFormat::KNOWN))
         .constant("ISSUE_CODES", known(IssueCode::KNOWN))
+        .constant("JOB_STATUSES", known(JobStatus::KNOWN))
+        .constant("JOB_STAGES", known(JobStage::KNOWN))
 }
 
 /// The exporter, with a header that says where the file comes from.

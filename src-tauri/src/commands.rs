@@ -6,14 +6,23 @@ use std::time::Duration;
 
 use brightrun_client::WireError;
 use brightrun_client::app::auth::{self, Account, Credentials, SessionStatus, SignedOut, SignedUp};
+use brightrun_client::app::costs::{self, CostMonth, CostReport};
+use brightrun_client::app::curves::{ChartRequest, DrawnChart};
 use brightrun_client::app::datasets::{
     self, ConvertFile, Converted, DatasetRef, InterruptedUpload, ListDatasets, LocalFile,
     RenameDataset, UploadDataset,
 };
+use brightrun_client::app::jobs::{self, CreatedJob, DraftCheck, JobRef, ListJobs};
+use brightrun_client::app::models::{self, DownloadModel, DownloadedModel, ModelRef};
+use brightrun_client::app::notifications::{self, ListNotifications, MarkRead, MarkedRead};
 use brightrun_client::app::prefs::{self, Preferences};
-use brightrun_client::app::{Listing, ProgressFn, check_project};
+use brightrun_client::app::{Listing, ProgressFn, Refresh, check_project};
 use brightrun_client::transfer::{Progress, UploadOutcome};
-use brightrun_core::{Dataset, ValidationReport};
+use brightrun_client::watch::Visibility;
+use brightrun_core::{
+    CostEstimate, Dataset, GpuType, JobDraft, ModelArtifact, Notification, TrainingJob,
+    TrainingPreset, ValidationReport,
+};
 use tauri::State;
 use tauri::ipc::Channel;
 
@@ -86,6 +95,7 @@ pub async fn sign_in(shell: State<'_, Shell>, request: Credentials) -> Answer<Ac
 #[tauri::command]
 #[specta::specta]
 pub async fn sign_out(shell: State<'_, Shell>) -> Answer<SignedOut> {
+    shell.stop_watching();
     let done = auth::sign_out(&*shell.app().await?).await?;
     shell.notify(Notice::Session(None));
     Ok(done)
@@ -213,4 +223,189 @@ pub async fn set_preferences(
     preferences: Preferences,
 ) -> Answer<Preferences> {
     Ok(prefs::set(&*shell.app().await?, preferences).await?)
+}
+
+// --- Jobs ------------------------------------------------------------------------------------
+
+#[tauri::command]
+#[specta::specta]
+pub async fn gpu_types(shell: State<'_, Shell>, refresh: Refresh) -> Answer<Listing<GpuType>> {
+    Ok(jobs::gpu_types(&*shell.app().await?, refresh).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn presets(shell: State<'_, Shell>, refresh: Refresh) -> Answer<Listing<TrainingPreset>> {
+    Ok(jobs::presets(&*shell.app().await?, refresh).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn check_job(shell: State<'_, Shell>, draft: JobDraft) -> Answer<DraftCheck> {
+    Ok(jobs::check(&*shell.app().await?, draft).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn estimate_job(shell: State<'_, Shell>, draft: JobDraft) -> Answer<CostEstimate> {
+    Ok(jobs::estimate(&*shell.app().await?, draft).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn create_job(shell: State<'_, Shell>, draft: JobDraft) -> Answer<CreatedJob> {
+    let created = jobs::create(&*shell.app().await?, draft).await?;
+    shell.notify(Notice::Job(Box::new(created.job.clone())));
+    shell.poll_now();
+    Ok(created)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn list_jobs(shell: State<'_, Shell>, request: ListJobs) -> Answer<Listing<TrainingJob>> {
+    Ok(jobs::list(&*shell.app().await?, request).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn show_job(shell: State<'_, Shell>, request: JobRef) -> Answer<TrainingJob> {
+    Ok(jobs::show(&*shell.app().await?, request).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn cancel_job(shell: State<'_, Shell>, request: JobRef) -> Answer<TrainingJob> {
+    let job = jobs::cancel(&*shell.app().await?, request).await?;
+    shell.notify(Notice::Job(Box::new(job.clone())));
+    shell.poll_now();
+    Ok(job)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn clone_job(shell: State<'_, Shell>, request: JobRef) -> Answer<JobDraft> {
+    Ok(jobs::clone(&*shell.app().await?, request).await?)
+}
+
+/// A job's chart (or several jobs' training loss) as SVG, in the window's theme.
+#[tauri::command]
+#[specta::specta]
+pub async fn job_chart(shell: State<'_, Shell>, request: ChartRequest) -> Answer<DrawnChart> {
+    Ok(shell.curves().draw(&*shell.app().await?, request).await?)
+}
+
+/// The same chart as a PNG file at `path` (chosen in the save dialog).
+#[tauri::command]
+#[specta::specta]
+pub async fn export_chart(
+    shell: State<'_, Shell>,
+    request: ChartRequest,
+    path: std::path::PathBuf,
+) -> Answer<()> {
+    let app = shell.app().await?;
+    Ok(shell.curves().export_png(&app, request, &path).await?)
+}
+
+/// Starts watching the signed-in user's jobs (job, metrics, outcome and connection events).
+#[tauri::command]
+#[specta::specta]
+pub async fn watch_jobs(shell: State<'_, Shell>) -> Answer<()> {
+    Ok(shell.watch().await?)
+}
+
+/// The window was shown or hidden: the watcher polls fast only while someone looks.
+#[tauri::command]
+#[specta::specta]
+pub async fn window_visible(shell: State<'_, Shell>, visible: bool) -> Answer<()> {
+    shell.set_visibility(if visible {
+        Visibility::Foreground
+    } else {
+        Visibility::Background
+    });
+    Ok(())
+}
+
+// --- Models ----------------------------------------------------------------------------------
+
+#[tauri::command]
+#[specta::specta]
+pub async fn list_models(shell: State<'_, Shell>) -> Answer<Vec<ModelArtifact>> {
+    Ok(models::list(&*shell.app().await?).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn show_model(shell: State<'_, Shell>, request: ModelRef) -> Answer<ModelArtifact> {
+    Ok(models::show(&*shell.app().await?, request).await?)
+}
+
+/// Downloads every file of a model, each verified against its SHA-256; cancellable as
+/// `transfer`, resumable after a restart.
+#[tauri::command]
+#[specta::specta]
+pub async fn download_model(
+    shell: State<'_, Shell>,
+    request: DownloadModel,
+    transfer: String,
+    progress: Channel<Progress>,
+) -> Answer<DownloadedModel> {
+    let app = shell.app().await?;
+    let cancel = shell.begin(&transfer);
+    let result = models::download(&app, request, Some(sink(progress)), &cancel).await;
+    shell.end(&transfer);
+    Ok(result?)
+}
+
+/// The folder a model downloads into unless the user picks another: `<download folder>/<model
+/// name>`, the download folder being the preferences' choice or `~/Downloads/BrightRun`.
+#[tauri::command]
+#[specta::specta]
+pub async fn model_folder(
+    shell: State<'_, Shell>,
+    request: ModelRef,
+) -> Answer<std::path::PathBuf> {
+    let app = shell.app().await?;
+    let model = models::show(&app, request).await?;
+    Ok(models::default_dir(&app, &model).await?)
+}
+
+/// Opens a folder (a downloaded model's) in the file manager.
+#[tauri::command]
+#[specta::specta]
+pub async fn open_folder(path: std::path::PathBuf) -> Answer<()> {
+    if !path.is_dir() {
+        return Err(brightrun_client::Error::InvalidInput(format!(
+            "{} is not a folder",
+            path.display()
+        ))
+        .into());
+    }
+    tauri_plugin_opener::open_path(&path, None::<&str>)
+        .map_err(|e| brightrun_client::Error::Io(std::io::Error::other(e.to_string())).into())
+}
+
+// --- Notifications and costs -----------------------------------------------------------------
+
+#[tauri::command]
+#[specta::specta]
+pub async fn list_notifications(
+    shell: State<'_, Shell>,
+    request: ListNotifications,
+) -> Answer<Vec<Notification>> {
+    Ok(notifications::list(&*shell.app().await?, request).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn mark_notifications_read(
+    shell: State<'_, Shell>,
+    request: MarkRead,
+) -> Answer<MarkedRead> {
+    Ok(notifications::mark_read(&*shell.app().await?, request).await?)
+}
+
+#[tauri::command]
+#[specta::specta]
+pub async fn cost_month(shell: State<'_, Shell>, request: CostMonth) -> Answer<CostReport> {
+    Ok(costs::month(&*shell.app().await?, request).await?)
 }

@@ -16,11 +16,47 @@ pub struct DatasetChanged {
     pub dataset: brightrun_core::Dataset,
 }
 
+/// A training job is new or changed (status, stage, progress, cost).
+#[derive(Debug, Clone, Serialize, specta::Type, tauri_specta::Event)]
+pub struct JobChanged {
+    pub job: brightrun_core::TrainingJob,
+}
+
+/// New metrics of a job arrived: its charts can be drawn again.
+#[derive(Debug, Clone, Serialize, specta::Type, tauri_specta::Event)]
+pub struct MetricsAdded {
+    pub job_id: uuid::Uuid,
+    pub attempt: i64,
+}
+
+/// A job completed or failed (once per outcome, across restarts).
+#[derive(Debug, Clone, Serialize, specta::Type, tauri_specta::Event)]
+pub struct JobFinished {
+    pub alert: brightrun_client::watch::JobAlert,
+}
+
+/// The watcher lost or regained the server: `retry_in_secs` until its next try when offline.
+#[derive(Debug, Clone, Serialize, specta::Type, tauri_specta::Event)]
+pub struct ConnectionChanged {
+    pub online: bool,
+    pub retry_in_secs: Option<f64>,
+}
+
 /// A change to announce, as the shell's state holds it (no runtime type in it).
 #[derive(Debug, Clone)]
 pub enum Notice {
     Session(Option<Account>),
     Dataset(Box<brightrun_core::Dataset>),
+    Job(Box<brightrun_core::TrainingJob>),
+    Metrics {
+        job_id: uuid::Uuid,
+        attempt: i64,
+    },
+    Finished(brightrun_client::watch::JobAlert),
+    Connection {
+        online: bool,
+        retry_in_secs: Option<f64>,
+    },
 }
 
 impl Notice {
@@ -30,6 +66,17 @@ impl Notice {
         let sent = match self {
             Self::Session(account) => SessionChanged { account }.emit(handle),
             Self::Dataset(dataset) => DatasetChanged { dataset: *dataset }.emit(handle),
+            Self::Job(job) => JobChanged { job: *job }.emit(handle),
+            Self::Metrics { job_id, attempt } => MetricsAdded { job_id, attempt }.emit(handle),
+            Self::Finished(alert) => JobFinished { alert }.emit(handle),
+            Self::Connection {
+                online,
+                retry_in_secs,
+            } => ConnectionChanged {
+                online,
+                retry_in_secs,
+            }
+            .emit(handle),
         };
         if let Err(e) = sent {
             tracing::warn!(error = %e, "the window missed an event");

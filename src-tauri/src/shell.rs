@@ -4,8 +4,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use brightrun_client::app::curves::Curves;
+use brightrun_client::app::jobs::{self, WatchJobs};
 use brightrun_client::app::{App, AppConfig, CancellationToken};
+use brightrun_client::watch::{Visibility, WatchEvent};
 use brightrun_client::{BuildChannel, Error, Result};
+use futures::StreamExt as _;
 
 use crate::events::Notice;
 use crate::project::{Choice, Settings};
@@ -29,6 +33,10 @@ pub struct Shell {
     app: tokio::sync::RwLock<Option<Arc<App>>>,
     sandbox: Mutex<Option<Sandbox>>,
     transfers: Mutex<HashMap<String, CancellationToken>>,
+    curves: Arc<Curves>,
+    /// The job watcher of the signed-in user, while one runs.
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    visibility: tokio::sync::watch::Sender<Visibility>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -45,6 +53,9 @@ impl Shell {
             app: tokio::sync::RwLock::new(None),
             sandbox: Mutex::new(None),
             transfers: Mutex::new(HashMap::new()),
+            curves: Arc::new(Curves::default()),
+            watcher: Mutex::new(None),
+            visibility: tokio::sync::watch::Sender::new(Visibility::Foreground),
         }
     }
 
@@ -88,8 +99,90 @@ impl Shell {
         Ok(app)
     }
 
+    /// The training curves of the jobs the window has shown.
+    pub fn curves(&self) -> &Curves {
+        &self.curves
+    }
+
+    /// Watches the signed-in user's jobs (once: a second call while it runs does nothing):
+    /// job changes, new metrics (kept in [`Curves`]), outcomes and the connection become
+    /// events. It stops when the session ends.
+    pub async fn watch(&self) -> Result<()> {
+        if lock(&self.watcher)
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+        {
+            return Ok(());
+        }
+        let app = self.app().await?;
+        let mut stream = jobs::watch(&app, WatchJobs::default()).await?;
+        let notify = self.notify.clone();
+        let curves = self.curves.clone();
+        let mut visibility = self.visibility.subscribe();
+        let task = tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    event = stream.next() => event,
+                    Ok(()) = visibility.changed() => {
+                        stream.set_visibility(*visibility.borrow_and_update());
+                        continue;
+                    }
+                };
+                let Some(event) = event else { break };
+                if curves.apply(&event)
+                    && let WatchEvent::Metrics {
+                        job_id, attempt, ..
+                    } = &event
+                {
+                    notify(Notice::Metrics {
+                        job_id: *job_id,
+                        attempt: *attempt,
+                    });
+                }
+                match event {
+                    WatchEvent::JobUpdated { job } => notify(Notice::Job(job)),
+                    WatchEvent::Alert { alert } => notify(Notice::Finished(alert)),
+                    WatchEvent::Offline { retry_in } => notify(Notice::Connection {
+                        online: false,
+                        retry_in_secs: Some(retry_in.as_secs_f64()),
+                    }),
+                    WatchEvent::Online => notify(Notice::Connection {
+                        online: true,
+                        retry_in_secs: None,
+                    }),
+                    WatchEvent::SignedOut => break,
+                    WatchEvent::Metrics { .. } => {}
+                }
+            }
+            curves.clear();
+        });
+        *lock(&self.watcher) = Some(task);
+        Ok(())
+    }
+
+    /// Stops watching (signed out, another project).
+    pub fn stop_watching(&self) {
+        if let Some(task) = lock(&self.watcher).take() {
+            task.abort();
+        }
+        self.curves.clear();
+    }
+
+    /// The window was shown or hidden: the watcher polls at that cadence.
+    pub fn set_visibility(&self, visibility: Visibility) {
+        self.visibility.send_replace(visibility);
+    }
+
+    /// Polls now (a job was just created or cancelled here): the watcher would otherwise wait
+    /// out its idle interval and could miss a short job's run entirely. A visibility message,
+    /// even an unchanged one, wakes it.
+    pub fn poll_now(&self) {
+        self.visibility.send_modify(|_| {});
+    }
+
     /// Uses `choice` from now on (and at the next start).
     pub async fn choose(&self, choice: Choice) -> Result<()> {
+        self.stop_watching();
         self.settings.save(&choice)?;
         *self.app.write().await = None;
         Ok(())
@@ -129,6 +222,7 @@ impl Shell {
 
     /// Stops what this app started (the sandbox); transfers resume at the next start.
     pub fn shut_down(&self) {
+        self.stop_watching();
         for token in lock(&self.transfers).values() {
             token.cancel();
         }

@@ -334,3 +334,127 @@ fn the_cli_and_the_app_share_one_session() {
     let status = window.invoke("session_status", json!({})).expect("status");
     assert_eq!(status["account"]["email"], json!(email), "{status}");
 }
+
+#[test]
+fn a_job_is_checked_estimated_created_and_drawn() {
+    use brightrun_stack::testing::{DatasetShape, ready_dataset};
+
+    let shell = Shell::on_stack();
+    shell.sign_up();
+    let account = shell.invoke("whoami", json!({})).expect("whoami");
+    let user: uuid::Uuid = serde_json::from_value(account["user_id"].clone()).expect("uuid");
+    let dataset = tauri::async_runtime::block_on(async {
+        let db = stack().db().await;
+        let id = ready_dataset(&db, user, &DatasetShape::default()).await;
+        db.close().await;
+        id
+    });
+    // The form's check reads the dataset from the local cache, as the window's list fills it.
+    shell
+        .invoke(
+            "list_datasets",
+            json!({ "request": { "refresh": "server" } }),
+        )
+        .expect("list");
+    let (tx, rx) = mpsc::channel::<Value>();
+    shell.app.listen_any("job-changed", move |event| {
+        let _ = tx.send(serde_json::from_str(event.payload()).expect("JSON"));
+    });
+    let draft = |overrides: Value, gpu_count: u32| {
+        json!({ "draft": {
+            "dataset_id": dataset, "preset": "balanced", "gpu_type": "A100-80GB",
+            "gpu_count": gpu_count, "overrides": overrides,
+        }})
+    };
+
+    // Out of bounds: every field named, nothing sent.
+    let check = shell
+        .invoke("check_job", draft(json!({ "learning_rate": 1.0 }), 99))
+        .expect("check");
+    let fields: Vec<&str> = check["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(|p| p["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["learning_rate", "gpu_count"], "{check}");
+
+    // Within bounds: the schedule from the dataset's 90 pairs (batch 8: 12 steps an epoch, 5
+    // epochs) and the warm-up of 200 steps flagged.
+    let check = shell
+        .invoke("check_job", draft(json!({}), 1))
+        .expect("check");
+    assert_eq!(check["problems"], json!([]), "{check}");
+    assert_eq!(check["total_steps"], json!(60), "{check}");
+    assert!(
+        check["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("warmup_steps 200")),
+        "{check}"
+    );
+
+    // The server's estimate, explained by its inputs; fewer epochs cost less.
+    let five = shell
+        .invoke("estimate_job", draft(json!({}), 1))
+        .expect("estimate");
+    let two = shell
+        .invoke("estimate_job", draft(json!({ "num_epochs": 2 }), 1))
+        .expect("estimate");
+    assert_eq!(five["epochs"], json!(5));
+    assert_eq!(two["epochs"], json!(2));
+    assert_eq!(
+        two["total_tokens"],
+        json!(2 * five["tokens_per_epoch"].as_u64().expect("tokens"))
+    );
+    assert!(
+        two["estimated_cost"].as_f64() < five["estimated_cost"].as_f64(),
+        "{two} vs {five}"
+    );
+
+    // Created: the answer and a job-changed event; clone gives the same settings back.
+    let created = shell
+        .invoke("create_job", draft(json!({ "num_epochs": 2 }), 1))
+        .expect("create");
+    let job = created["job"]["id"].clone();
+    assert_eq!(created["job"]["status"], json!("queued"), "{created}");
+    let event = rx.recv_timeout(Duration::from_secs(10)).expect("an event");
+    assert_eq!(event["job"]["id"], job, "{event}");
+    let cloned = shell
+        .invoke("clone_job", json!({ "request": { "id": job } }))
+        .expect("clone");
+    assert_eq!(cloned["overrides"]["num_epochs"], json!(2), "{cloned}");
+    assert_eq!(cloned["dataset_id"], json!(dataset), "{cloned}");
+
+    // Its chart (no metrics yet) draws in the dark theme; five lines are refused.
+    let line = json!({ "job_id": job, "label": "run" });
+    let chart = shell
+        .invoke(
+            "job_chart",
+            json!({ "request": {
+                "lines": [line], "kind": "loss", "size": { "width": 400, "height": 200 },
+                "style": { "theme": "dark", "log_y": false },
+            }}),
+        )
+        .expect("chart");
+    assert_eq!(chart["points"], json!(0));
+    assert!(
+        chart["svg"]
+            .as_str()
+            .is_some_and(|svg| svg.starts_with("<svg") && svg.contains("#1A1A22")),
+        "a dark SVG"
+    );
+    let error = shell.refused(
+        "job_chart",
+        json!({ "request": {
+            "lines": [line, line, line, line, line], "kind": "loss",
+            "size": { "width": 400, "height": 200 },
+        }}),
+    );
+    assert_wire(&error, "validation_failed");
+
+    // Cancelled while queued: at once.
+    let cancelled = shell
+        .invoke("cancel_job", json!({ "request": { "id": job } }))
+        .expect("cancel");
+    assert_eq!(cancelled["status"], json!("cancelled"), "{cancelled}");
+}

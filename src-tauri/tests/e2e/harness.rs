@@ -265,6 +265,44 @@ impl App {
         }
     }
 
+    /// The text of the first element matching `css`, if there is one now.
+    pub async fn text(&self, css: &str) -> Option<String> {
+        let element = self.client.find(Locator::Css(css)).await.ok()?;
+        element.text().await.ok()
+    }
+
+    /// An attribute or property of the first element matching `css`, if there is one now.
+    pub async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        let element = self.client.find(Locator::Css(css)).await.ok()?;
+        match element.attr(name).await.ok().flatten() {
+            Some(value) => Some(value),
+            None => element.prop(name).await.ok().flatten(),
+        }
+    }
+
+    /// Polls `probe` every 100 ms until it answers `Some`; panics with `what` and the screen
+    /// after `timeout`.
+    pub async fn until<T, F, Fut>(&self, what: &str, timeout: Duration, mut probe: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(value) = probe().await {
+                return value;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let shot = self.evidence();
+                panic!(
+                    "{what}: not within {timeout:?} (screen: {})",
+                    shot.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn fill(&self, css: &str, value: &str) {
         let field = self.find(css, Duration::from_secs(10)).await;
         field.clear().await.expect("clear");

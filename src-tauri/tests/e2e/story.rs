@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use brightrun_stack::testing::{Direction, FaultProxy, sha256_hex, stack, unique_email};
+use fantoccini::Locator;
 use uuid::Uuid;
 
 use crate::harness::{App, Display, Guard, Launch, app_pids, drag_files, required, sandbox_dir};
@@ -92,6 +93,11 @@ async fn dataset_rows(user: Uuid, file_name: &str) -> Vec<(Uuid, String, String)
 }
 
 fn worker(user: Uuid, dir: &Path) -> Guard {
+    worker_stepping(user, dir, 20)
+}
+
+/// A scripted worker whose steps take `step_ms` (slow enough to watch a curve grow).
+fn worker_stepping(user: Uuid, dir: &Path, step_ms: u64) -> Guard {
     let st = stack();
     let child = Command::new(required("BRIGHTRUN_E2E_WORKER"))
         .env("DATABASE_URL", &st.db_url)
@@ -104,6 +110,8 @@ fn worker(user: Uuid, dir: &Path) -> Guard {
             "200",
             "--only-user",
             &user.to_string(),
+            "--scripted-step-ms",
+            &step_ms.to_string(),
         ])
         .arg("--work-dir")
         .arg(dir)
@@ -204,7 +212,7 @@ async fn the_desktop_app_end_to_end() {
         .await
         .expect("the user signed up");
     db.close().await;
-    let _worker = worker(user, &work.path().join("worker"));
+    let worker_guard = worker(user, &work.path().join("worker"));
 
     // A good file dropped with the X pointer: validated, uploaded, then ready on screen.
     let files = work.path().join("files");
@@ -297,6 +305,11 @@ async fn the_desktop_app_end_to_end() {
     app.click(&format!("a[href='#/datasets/{id}']")).await;
     app.wait_for_text("Sample conversations", MINUTE).await;
     shoot(&display, &app, "dataset-detail").await;
+
+    // Train, watch, download, clone, cancel (desktop 2/3), on a worker slow enough to watch.
+    drop(worker_guard);
+    let _worker = worker_stepping(user, &work.path().join("worker"), 600);
+    train_watch_download(&display, &app, user, id, work.path()).await;
 
     // The server unreachable at start: still signed in, the cached list on screen, marked
     // offline.
@@ -425,4 +438,185 @@ fn children_named(parent: i32, name: &str) -> Vec<i32> {
             exe.file_name().is_some_and(|n| n == name) && parent_of(pid) == Some(parent)
         })
         .collect()
+}
+
+/// The estimate beside Start, once there is one.
+async fn estimate(app: &App) -> Option<String> {
+    app.text("[data-testid='estimate']")
+        .await
+        .filter(|t| t.starts_with('$'))
+}
+
+/// How many metrics points the chart titled `title` was drawn from.
+async fn points_of(app: &App, title: &str) -> Option<u32> {
+    app.attr(&format!("figure[aria-label='{title}']"), "data-points")
+        .await
+        .and_then(|p| p.parse::<u32>().ok())
+}
+
+/// How many metrics points the loss chart was drawn from.
+async fn points(app: &App) -> Option<u32> {
+    points_of(app, "Loss").await
+}
+
+/// The training half of the story: the balanced preset's estimate, which changes with the
+/// epochs; Start; the monitor with a loss chart that grows; completed; the adapter downloaded
+/// and each file's SHA-256 equal to the server's record; clone with the same values; a second
+/// job cancelled while it runs; and the jobs, compare, models, costs and notifications screens.
+async fn train_watch_download(
+    display: &Display,
+    app: &App,
+    user: Uuid,
+    dataset: Uuid,
+    work: &Path,
+) {
+    app.click(&format!("a[href='#/jobs/new?dataset={dataset}']"))
+        .await;
+    app.click("button[data-preset='balanced']").await;
+    let first = app
+        .until("the balanced estimate", MINUTE, || estimate(app))
+        .await;
+    app.fill("input[name='num_epochs']", "2").await;
+    let second = app
+        .until("an estimate for 2 epochs", MINUTE, || async {
+            estimate(app).await.filter(|t| t != &first)
+        })
+        .await;
+    assert_ne!(first, second, "fewer epochs cost less");
+    app.wait_for_text("2 epochs =", MINUTE).await;
+    shoot(display, app, "new-job").await;
+    app.click("form[aria-label='New training job'] button[type='submit']")
+        .await;
+
+    // The monitor: the stage, and a loss chart that grows while the job trains.
+    app.until("the job training", 2 * MINUTE, || async {
+        app.text("ol[aria-label='Stages'] li.current")
+            .await
+            .filter(|t| t.to_lowercase().contains("training"))
+    })
+    .await;
+    let early = app
+        .until("the first metrics on the loss chart", MINUTE, || async {
+            points(app).await.filter(|&n| n > 0)
+        })
+        .await;
+    shoot(display, app, "job-running").await;
+    app.until("more metrics on the loss chart", MINUTE, || async {
+        points(app).await.filter(|&n| n >= early + 5)
+    })
+    .await;
+    shoot(display, app, "job-running-later").await;
+    assert_ne!(
+        std::fs::read(shots().join("job-running.png")).expect("shot"),
+        std::fs::read(shots().join("job-running-later.png")).expect("shot"),
+        "the chart moved between the two screenshots"
+    );
+    app.wait_for_text("Open model", 3 * MINUTE).await;
+    app.find("header .pill.completed", MINUTE).await;
+    shoot(display, app, "job-completed").await;
+    let db = stack().db().await;
+    let (job, artifacts): (Uuid, serde_json::Value) = sqlx::query_as(
+        "select j.id, m.artifacts from public.training_jobs j
+           join public.model_artifacts m on m.job_id = j.id
+          where j.user_id = $1 and j.status = 'completed'",
+    )
+    .bind(user)
+    .fetch_one(&db)
+    .await
+    .expect("the completed job and its model");
+
+    // Download the adapter into a folder of our choosing; every file verified.
+    app.click("a.button[href^='#/models/']").await;
+    app.wait_for_text("Load it with PEFT", MINUTE).await;
+    let folder = work.join("adapter");
+    app.fill(
+        "input[name='download-folder']",
+        &folder.display().to_string(),
+    )
+    .await;
+    app.click("section[aria-labelledby='download-title'] button.primary")
+        .await;
+    app.wait_for_text("every SHA-256 matches", 2 * MINUTE).await;
+    shoot(display, app, "model-downloaded").await;
+    let files = artifacts["files"].as_array().expect("a manifest");
+    assert!(!files.is_empty(), "the model has files");
+    for file in files {
+        let name = file["name"].as_str().expect("a name");
+        let bytes =
+            std::fs::read(folder.join(name)).unwrap_or_else(|e| panic!("{name} downloaded: {e}"));
+        assert_eq!(
+            Some(sha256_hex(&bytes).as_str()),
+            file["sha256"].as_str(),
+            "{name} is the server's file"
+        );
+    }
+
+    // Clone: the form opens with the same values.
+    app.click(&format!("a[href='#/jobs/{job}']")).await;
+    app.click("header button:not(.danger)").await;
+    app.wait_for_text("Clone job", MINUTE).await;
+    app.until("the clone's epochs", MINUTE, || async {
+        app.attr("input[name='num_epochs']", "value")
+            .await
+            .filter(|v| v == "2")
+    })
+    .await;
+    app.until("the clone's estimate", MINUTE, || estimate(app))
+        .await;
+    shoot(display, app, "clone").await;
+
+    // A second job, cancelled while it runs: `cancelled` on screen within 5 s.
+    app.click("form[aria-label='New training job'] button[type='submit']")
+        .await;
+    app.until("the second job training", 2 * MINUTE, || async {
+        app.text("ol[aria-label='Stages'] li.current")
+            .await
+            .filter(|t| t.to_lowercase().contains("training"))
+    })
+    .await;
+    app.click("header button.danger").await;
+    app.click("dialog[open] button.primary").await;
+    app.find("header .pill.cancelled", Duration::from_secs(5))
+        .await;
+    shoot(display, app, "job-cancelled").await;
+    let statuses: Vec<String> = sqlx::query_scalar(
+        "select status::text from public.training_jobs where user_id = $1 order by created_at",
+    )
+    .bind(user)
+    .fetch_all(&db)
+    .await
+    .expect("jobs");
+    assert_eq!(statuses, ["completed", "cancelled"]);
+    db.close().await;
+
+    // The other screens, with something in them.
+    app.click("nav a[href='#/jobs']").await;
+    app.find("tr[data-status='cancelled']", MINUTE).await;
+    shoot(display, app, "jobs").await;
+    for checkbox in app
+        .client
+        .find_all(Locator::Css("td.pick input"))
+        .await
+        .expect("checkboxes")
+    {
+        checkbox.click().await.expect("pick");
+    }
+    app.click("header button:not(.primary)").await;
+    app.until("both jobs on the comparison", MINUTE, || async {
+        points_of(app, "Training loss").await.filter(|&n| n > 42)
+    })
+    .await;
+    shoot(display, app, "compare").await;
+    app.click("nav a[href='#/models']").await;
+    app.find("table[aria-label='Your models'] tbody tr", MINUTE)
+        .await;
+    shoot(display, app, "models").await;
+    app.click("nav a[href='#/costs']").await;
+    app.find("[data-testid='month-total']", MINUTE).await;
+    shoot(display, app, "costs").await;
+    app.click("nav a[href='#/notifications']").await;
+    app.wait_for_text("LoRA job finished", MINUTE).await;
+    shoot(display, app, "notifications").await;
+    app.click("ul[aria-label='Notification list'] button").await;
+    app.find("section[aria-label='Job'] header", MINUTE).await;
 }

@@ -38,11 +38,49 @@ export const commands = {
 	deleteDataset: (request: DatasetRef) => typedError<Dataset, WireError>(__TAURI_INVOKE("delete_dataset", { request })),
 	getPreferences: () => typedError<Preferences, WireError>(__TAURI_INVOKE("get_preferences")),
 	setPreferences: (preferences: Preferences) => typedError<Preferences, WireError>(__TAURI_INVOKE("set_preferences", { preferences })),
+	gpuTypes: (refresh: Refresh) => typedError<Listing<GpuType>, WireError>(__TAURI_INVOKE("gpu_types", { refresh })),
+	presets: (refresh: Refresh) => typedError<Listing<TrainingPreset>, WireError>(__TAURI_INVOKE("presets", { refresh })),
+	checkJob: (draft: JobDraft) => typedError<DraftCheck, WireError>(__TAURI_INVOKE("check_job", { draft })),
+	estimateJob: (draft: JobDraft) => typedError<CostEstimate, WireError>(__TAURI_INVOKE("estimate_job", { draft })),
+	createJob: (draft: JobDraft) => typedError<CreatedJob, WireError>(__TAURI_INVOKE("create_job", { draft })),
+	listJobs: (request: ListJobs) => typedError<Listing<TrainingJob>, WireError>(__TAURI_INVOKE("list_jobs", { request })),
+	showJob: (request: JobRef) => typedError<TrainingJob, WireError>(__TAURI_INVOKE("show_job", { request })),
+	cancelJob: (request: JobRef) => typedError<TrainingJob, WireError>(__TAURI_INVOKE("cancel_job", { request })),
+	cloneJob: (request: JobRef) => typedError<JobDraft, WireError>(__TAURI_INVOKE("clone_job", { request })),
+	/**  A job's chart (or several jobs' training loss) as SVG, in the window's theme. */
+	jobChart: (request: ChartRequest) => typedError<DrawnChart, WireError>(__TAURI_INVOKE("job_chart", { request })),
+	/**  The same chart as a PNG file at `path` (chosen in the save dialog). */
+	exportChart: (request: ChartRequest, path: string) => typedError<null, WireError>(__TAURI_INVOKE("export_chart", { request, path })),
+	/**  Starts watching the signed-in user's jobs (job, metrics, outcome and connection events). */
+	watchJobs: () => typedError<null, WireError>(__TAURI_INVOKE("watch_jobs")),
+	/**  The window was shown or hidden: the watcher polls fast only while someone looks. */
+	windowVisible: (visible: boolean) => typedError<null, WireError>(__TAURI_INVOKE("window_visible", { visible })),
+	listModels: () => typedError<ModelArtifact[], WireError>(__TAURI_INVOKE("list_models")),
+	showModel: (request: ModelRef) => typedError<ModelArtifact, WireError>(__TAURI_INVOKE("show_model", { request })),
+	/**
+	 *  Downloads every file of a model, each verified against its SHA-256; cancellable as
+	 *  `transfer`, resumable after a restart.
+	 */
+	downloadModel: (request: DownloadModel, transfer: string, progress: Channel<Progress>) => typedError<DownloadedModel, WireError>(__TAURI_INVOKE("download_model", { request, transfer, progress })),
+	/**
+	 *  The folder a model downloads into unless the user picks another: `<download folder>/<model
+	 *  name>`, the download folder being the preferences' choice or `~/Downloads/BrightRun`.
+	 */
+	modelFolder: (request: ModelRef) => typedError<string, WireError>(__TAURI_INVOKE("model_folder", { request })),
+	/**  Opens a folder (a downloaded model's) in the file manager. */
+	openFolder: (path: string) => typedError<null, WireError>(__TAURI_INVOKE("open_folder", { path })),
+	listNotifications: (request: ListNotifications) => typedError<Notification[], WireError>(__TAURI_INVOKE("list_notifications", { request })),
+	markNotificationsRead: (request: MarkRead) => typedError<MarkedRead, WireError>(__TAURI_INVOKE("mark_notifications_read", { request })),
+	costMonth: (request: CostMonth) => typedError<CostReport, WireError>(__TAURI_INVOKE("cost_month", { request })),
 };
 
 /** Events */
 export const events = {
+	connectionChanged: makeEvent<ConnectionChanged, ConnectionChanged>("connection-changed"),
 	datasetChanged: makeEvent<DatasetChanged, DatasetChanged>("dataset-changed"),
+	jobChanged: makeEvent<JobChanged, JobChanged>("job-changed"),
+	jobFinished: makeEvent<JobFinished, JobFinished>("job-finished"),
+	metricsAdded: makeEvent<MetricsAdded, MetricsAdded>("metrics-added"),
 	sessionChanged: makeEvent<SessionChanged, SessionChanged>("session-changed"),
 };
 
@@ -53,6 +91,10 @@ export const DATASET_STATUSES = ["uploading","validating","ready","error"] as co
 
 export const ISSUE_CODES = ["not_utf8","line_too_long","invalid_json","not_object","mixed_formats","invalid_split","messages_missing","messages_not_list","messages_empty","message_not_object","role_missing","unknown_role","content_missing","content_not_string","content_empty","invalid_weight","system_not_first","consecutive_same_role","no_assistant_turn","last_turn_not_assistant","no_examples","unknown_key","weight_ignored","no_user_message","no_trainable_turn","exceeds_context","duplicate_example","blank_line","too_few_examples"] as const;
 
+export const JOB_STAGES = ["queued","initializing","training","validating","saving","completed"] as const;
+
+export const JOB_STATUSES = ["queued","initializing","running","completed","failed","cancelled"] as const;
+
 /* Types */
 /**  Who is signed in, where. */
 export type Account = {
@@ -61,6 +103,96 @@ export type Account = {
 	email: string | null,
 	project_url: string,
 };
+
+/**  SHA-256 digests of the spec's three files. */
+export type ArtifactDigests = {
+	adapter_model?: string | null,
+	adapter_config?: string | null,
+	tokenizer?: string | null,
+};
+
+/**  One stored file of an adapter. */
+export type ArtifactFile = {
+	/**  The file's name (to save it under, once sanitised). */
+	name: string,
+	/**  The object path in the manifest's bucket. */
+	path: string,
+	size?: number | null,
+	/**  Lowercase hex. */
+	sha256?: string | null,
+	content_type?: string | null,
+};
+
+/**  Byte sizes of the spec's three files. */
+export type ArtifactFileSizes = {
+	adapter_model?: number | null,
+	adapter_config?: number | null,
+	tokenizer?: number | null,
+};
+
+/**  `model_artifacts.artifacts`. */
+export type ArtifactManifest = {
+	bucket?: string,
+	/**  The folder of this attempt's files, ending in `/`. */
+	prefix?: string | null,
+	/**  Every file, with size and digest. Empty only in rows of the spec's shape. */
+	files?: ArtifactFile[],
+	/**  The model the adapter applies to. */
+	base_model?: string | null,
+	peft?: PeftConfig | null,
+	adapter_model_path?: string | null,
+	adapter_config_path?: string | null,
+	tokenizer_path?: string | null,
+	file_sizes?: ArtifactFileSizes | null,
+	sha256?: ArtifactDigests | null,
+};
+
+/**  A month's spending against the user's budget. */
+export type BudgetStatus = {
+	budget: number | null,
+	spent: number | null,
+	/**  `spent / budget`. */
+	used: number | null,
+	/**  The alert threshold (0–1 of the budget) was reached. */
+	alert: boolean,
+	/**  More than the budget was spent. */
+	over: boolean,
+};
+
+/**  Which curve of a job. */
+export type ChartKind = 
+/**  Training loss, with validation loss where it was measured. */
+"loss" | "learning_rate" | "throughput";
+
+/**  One line of a chart: a job, named in the legend by `label`. */
+export type ChartLine = {
+	job_id: string,
+	label: string,
+};
+
+/**  A chart to draw: one job's `kind`, or the training loss of up to [`MAX_COMPARED`] jobs. */
+export type ChartRequest = {
+	lines: ChartLine[],
+	/**  For one job; a comparison always draws training loss. */
+	kind: ChartKind,
+	size: ChartSize,
+	style?: ChartStyle,
+};
+
+/**  Pixel size of a chart. */
+export type ChartSize = {
+	width: number,
+	height: number,
+};
+
+/**  How to draw: the theme, and a logarithmic y axis (loss curves spanning decades). */
+export type ChartStyle = {
+	theme?: ChartTheme,
+	log_y?: boolean,
+};
+
+/**  The window's theme: a chart follows it, so a dark window never shows a white box. */
+export type ChartTheme = "light" | "dark";
 
 /**  The choice made at first run. */
 export type Choice = {
@@ -75,6 +207,12 @@ export type Choice = {
 export type Completion = "complete" | 
 /**  The progress hook asked to stop; the report covers the bytes read so far. */
 "cancelled";
+
+/**  The watcher lost or regained the server: `retry_in_secs` until its next try when offline. */
+export type ConnectionChanged = {
+	online: boolean,
+	retry_in_secs: number | null,
+};
 
 /**  What a conversion did. */
 export type ConversionSummary = {
@@ -96,10 +234,81 @@ export type Converted = {
 	output: string,
 } & ConversionSummary;
 
+/**
+ *  What a job costs: the answer of `estimate_training_cost` and `training_jobs.cost_estimate`,
+ *  field for field as `lora_private.estimate_cost` builds it, inputs next to outputs so the UI can
+ *  show why the number is what it is.
+ */
+export type CostEstimate = {
+	tokens_per_epoch: number,
+	epochs: number,
+	/**  `tokens_per_epoch × epochs`. */
+	total_tokens: number,
+	gpu_type: string,
+	gpu_count: number,
+	tokens_per_second_per_gpu: number | null,
+	/**  `0.9 ^ log2(gpu_count)`, 4 decimals. */
+	scaling_efficiency: number | null,
+	/**  All GPUs together, 2 decimals. */
+	effective_tokens_per_second: number | null,
+	/**  4 decimals. */
+	training_hours: number | null,
+	overhead_hours: number | null,
+	/**  Wall-clock hours, overhead included, 4 decimals. */
+	estimated_hours: number | null,
+	/**  `estimated_hours × gpu_count`, 4 decimals. */
+	gpu_hours: number | null,
+	price_per_gpu_hour: number | null,
+	/**  US dollars for all GPUs, in cents. */
+	estimated_cost: number | null,
+	currency: string,
+	/**  The dataset estimated for; `None` in a preview of a file not uploaded yet. */
+	dataset_id: string | null,
+	/**  The preset the epochs came from, when they came from one. */
+	preset_id: string | null,
+};
+
+/**  Which month. */
+export type CostMonth = {
+	/**  Any day of the month; the current month (by the server's clock) when `None`. */
+	month?: string | null,
+};
+
+/**  A month's costs and, with a budget set, how much of it is spent. */
+export type CostReport = {
+	summary: MonthlyCostSummary,
+	budget: BudgetStatus | null,
+};
+
+/**  `monthly_cost_summary.by_type`: one total per [`CostType`], zero when there were none. */
+export type CostsByType = {
+	compute: number | null,
+	storage: number | null,
+	data_transfer: number | null,
+};
+
+/**  A job just queued, and what may be wrong with its settings (allowed, but worth a look). */
+export type CreatedJob = {
+	job: TrainingJob,
+	warnings: string[],
+};
+
 /**  Email and password. */
 export type Credentials = {
 	email: string,
 	password: Secret,
+};
+
+/**  `training_jobs.current_metrics`: the latest metrics, denormalised for list views. */
+export type CurrentMetrics = {
+	training_loss: number | null,
+	validation_loss?: number | null,
+	learning_rate: number | null,
+	/**  Tokens per second. */
+	throughput?: number | null,
+	/**  Percent. */
+	gpu_utilization?: number | null,
+	tokens_processed?: number | null,
 };
 
 /**  A row of `datasets`. */
@@ -157,6 +366,60 @@ export type DatasetStatistics = {
 	duplicates: number,
 };
 
+/**  Download a model's files. */
+export type DownloadModel = {
+	/**  The model's id, or its job's. */
+	id: string,
+	/**  The folder; `<download folder>/<model name>` when `None` (see the preferences). */
+	to?: string | null,
+	/**  Download files the server recorded no SHA-256 for (they are marked unverified). */
+	allow_unverified?: boolean,
+};
+
+/**  A file in place. */
+export type Downloaded = {
+	path: string,
+	size: number,
+	sha256: string,
+	/**  Whether `sha256` was checked against a recorded digest. */
+	verified: boolean,
+	/**  The file was already there with the right digest; nothing was fetched. */
+	already_present: boolean,
+	/**  Where this run started when it resumed a `.part` file. */
+	resumed_from: number,
+};
+
+/**  A downloaded model. */
+export type DownloadedModel = {
+	model_id: string,
+	dir: string,
+	files: Downloaded[],
+};
+
+/**
+ *  What a form shows beside a draft as the user edits it: every value out of bounds (by
+ *  field), what is allowed but unwise, and the configuration that would be submitted.
+ */
+export type DraftCheck = {
+	/**  The preset's values with the draft's changes; `None` when the preset is unknown. */
+	hyperparameters: HyperparameterConfig | null,
+	/**
+	 *  Blocking: the server would refuse these (`field` is a hyperparameter's name,
+	 *  `gpu_type`, `gpu_count` or `preset`).
+	 */
+	problems: HyperparameterProblem[],
+	/**  Not blocking (the warm-up as long as the run, ...). */
+	warnings: string[],
+	/**  Optimizer steps of the run, when the dataset's split is known. */
+	total_steps: number | null,
+};
+
+/**  A drawn chart, and how many points it was drawn from (before decimation). */
+export type DrawnChart = {
+	svg: string,
+	points: number,
+};
+
 /**
  *  The small, closed set of situations the window and the CLI branch on (ARCHITECTURE §8, §11).
  *  It crosses the IPC boundary and the CLI's `--json` as its snake_case name; everything else
@@ -195,6 +458,89 @@ export type ErrorCode =
 /**  This machine failed: a file could not be read or written, the local database failed. */
 "local";
 
+/**  `training_jobs.gpu_config` (GPUConfig): the GPU choice snapshotted on the job. */
+export type GpuConfig = {
+	/**  e.g. `A100-80GB`. */
+	gpu_type: string,
+	num_gpus: number,
+	gpu_memory_gb: number | null,
+	/**  Price of ONE GPU for one hour (the spec's 2×A100 option carried the price of two; fixed). */
+	cost_per_gpu_hour: number | null,
+};
+
+/**
+ *  One entry of `monthly_cost_summary.by_gpu`: the costs of jobs by the GPU type snapshotted on
+ *  the job, with the GPU-hours their records carry.
+ */
+export type GpuCost = {
+	gpu_type: string | null,
+	amount: number | null,
+	gpu_hours: number | null,
+};
+
+/**
+ *  A row of `gpu_types`: one GPU type of the catalogue, with what the estimator needs to turn
+ *  tokens into hours and hours into money.
+ */
+export type GpuType = {
+	/**  e.g. `A100-80GB`: what `gpu_config.gpu_type` holds. */
+	id: string,
+	display_name: string,
+	/**  Memory of one GPU. */
+	memory_gb: number,
+	/**  US dollars for ONE GPU for one hour; a job on n GPUs pays n times this. */
+	price_per_gpu_hour: number | null,
+	/**  Training throughput of one GPU, dataset tokens per second. */
+	tokens_per_second_per_gpu: number | null,
+	/**  Largest `gpu_count` offered for this type. */
+	max_gpus: number,
+	active: boolean,
+	sort_order: number,
+	created_at: string,
+	updated_at: string,
+};
+
+/**  `training_jobs.hyperparameters` (HyperparameterConfig). */
+export type HyperparameterConfig = {
+	/**  e.g. `mistralai/Mistral-7B-v0.1`. */
+	base_model: string,
+	learning_rate: number | null,
+	batch_size: number,
+	num_epochs: number,
+	lora_rank: number,
+	lora_alpha: number,
+	lora_dropout: number | null,
+	warmup_steps?: number | null,
+	weight_decay?: number | null,
+	gradient_accumulation_steps?: number | null,
+	max_grad_norm?: number | null,
+};
+
+/**
+ *  Values that replace the preset's, one each. Unknown keys are refused (a misspelt
+ *  `learning_rte` is an error, not a setting silently ignored).
+ */
+export type HyperparameterOverrides = {
+	base_model?: string | null,
+	learning_rate?: number | null,
+	batch_size?: number | null,
+	num_epochs?: number | null,
+	lora_rank?: number | null,
+	lora_alpha?: number | null,
+	lora_dropout?: number | null,
+	warmup_steps?: number | null,
+	weight_decay?: number | null,
+	gradient_accumulation_steps?: number | null,
+	max_grad_norm?: number | null,
+};
+
+/**  A hyperparameter outside the bounds `create_training_job` enforces. */
+export type HyperparameterProblem = {
+	field: string,
+	/**  e.g. `must be a number in (0, 0.01]`. */
+	rule: string,
+};
+
 /**  An upload that has not finished: what `upload` of its file resumes. */
 export type InterruptedUpload = {
 	path: string,
@@ -221,12 +567,74 @@ export type Issue = {
 	suggestion: string | null,
 };
 
+/**
+ *  A job reached a terminal state the user wants to hear about. The text names the job by its
+ *  dataset-free short id and status only: no token, no path.
+ */
+export type JobAlert = {
+	job_id: string,
+	status: string,
+	title: string,
+	body: string,
+};
+
+/**  A training job is new or changed (status, stage, progress, cost). */
+export type JobChanged = {
+	job: TrainingJob,
+};
+
+/**  `model_artifacts.configuration`: a copy of the job's configuration. */
+export type JobConfiguration = {
+	preset_id: string,
+	hyperparameters: HyperparameterConfig,
+	gpu_config: GpuConfig,
+	dataset_name: string,
+};
+
+/**  One entry of `monthly_cost_summary.by_job`. */
+export type JobCost = {
+	job_id: string,
+	amount: number | null,
+};
+
+/**  A training job before it is submitted. */
+export type JobDraft = {
+	dataset_id: string,
+	/**  The preset the configuration starts from. */
+	preset: string,
+	/**  A GPU type of the server's catalogue, e.g. `A100-80GB`. */
+	gpu_type: string,
+	gpu_count?: number,
+	overrides?: HyperparameterOverrides,
+};
+
+/**  A job completed or failed (once per outcome, across restarts). */
+export type JobFinished = {
+	alert: JobAlert,
+};
+
+/**  A job of the caller's, by id. */
+export type JobRef = {
+	id: string,
+};
+
 /**  Which datasets to list. */
 export type ListDatasets = {
 	refresh?: Refresh,
 	/**  Case-insensitive part of the name or file name. */
 	search?: string | null,
 	status?: string | null,
+};
+
+/**  Which jobs to list. */
+export type ListJobs = {
+	refresh?: Refresh,
+	status?: string | null,
+};
+
+/**  Which notifications to list. */
+export type ListNotifications = {
+	unread_only?: boolean,
 };
 
 /**  A cached list and how fresh it is: `stale` until the server confirmed it. */
@@ -241,6 +649,88 @@ export type Listing<T> = {
 /**  A local dataset file. */
 export type LocalFile = {
 	path: string,
+};
+
+/**  Exactly these notifications: the ones the user was shown, never one that arrived since. */
+export type MarkRead = {
+	ids: string[],
+};
+
+export type MarkedRead = {
+	/**  How many changed (already read ones do not count). */
+	count: number,
+};
+
+/**  New metrics of a job arrived: its charts can be drawn again. */
+export type MetricsAdded = {
+	job_id: string,
+	attempt: number,
+};
+
+/**  A row of `model_artifacts`. */
+export type ModelArtifact = {
+	id: string,
+	user_id: string,
+	job_id: string,
+	dataset_id: string,
+	name: string,
+	version: string,
+	description: string | null,
+	status: string,
+	deployed_at: string | null,
+	quality_metrics: QualityMetrics,
+	training_summary: TrainingSummary,
+	configuration: JobConfiguration,
+	artifacts: ArtifactManifest,
+	parent_model_id: string | null,
+	created_at: string,
+	updated_at: string,
+	deleted_at: string | null,
+};
+
+/**  A model by its id, or by the id of the job that trained it. */
+export type ModelRef = {
+	id: string,
+};
+
+/**  The answer of the `monthly_cost_summary` RPC: the caller's costs for one calendar month. */
+export type MonthlyCostSummary = {
+	/**  First day of the month. */
+	month: string,
+	currency: string,
+	total: number | null,
+	by_type: CostsByType,
+	/**  Largest first. */
+	by_job: JobCost[],
+	/**  Largest first. */
+	by_gpu: GpuCost[],
+};
+
+/**  A row of `notifications`. */
+export type Notification = {
+	id: string,
+	user_id: string,
+	/**  Column `type`. */
+	type: string,
+	title: string,
+	message: string,
+	priority: string,
+	read?: boolean,
+	action_url: string | null,
+	metadata?: Value | null,
+	created_at: string,
+};
+
+/**  The LoRA settings of an adapter, as its `adapter_config.json` (PEFT's `LoraConfig`) says. */
+export type PeftConfig = {
+	peft_type?: string | null,
+	task_type?: string | null,
+	/**  The model the adapter applies to (a Hugging Face id). */
+	base_model_name_or_path: string,
+	r: number,
+	lora_alpha: number,
+	lora_dropout?: number | null,
+	target_modules?: string[],
 };
 
 /**  What a transfer is doing. */
@@ -275,6 +765,9 @@ export type Preferences = {
 	/**  Native notifications when a job ends. Default on. */
 	notifications?: boolean,
 	polling?: Polling,
+	/**  Closing the desktop window keeps the app watching from the tray. Default on. */
+	close_to_tray?: boolean,
+	theme?: Theme,
 };
 
 /**  One progress report. */
@@ -298,6 +791,16 @@ export type ProjectStatus = {
 	chosen: Choice | null,
 	/**  The environment chose it; the window offers no other. */
 	from_environment: boolean,
+};
+
+/**  `model_artifacts.quality_metrics`. */
+export type QualityMetrics = {
+	final_training_loss: number | null,
+	final_validation_loss: number | null,
+	convergence_quality: string,
+	perplexity?: number | null,
+	best_epoch?: number | null,
+	best_validation_loss?: number | null,
 };
 
 /**  Where a list comes from. */
@@ -389,6 +892,9 @@ export type StoredValidationError = {
 	byte_offset?: number | null,
 };
 
+/**  The window's colours: the system's, or always light or dark. */
+export type Theme = "system" | "light" | "dark";
+
 /**
  *  Token counts from a real tokenizer. Per-conversation figures include the chat template's
  *  per-message overhead; the percentiles are exact (nearest rank).
@@ -409,6 +915,72 @@ export type TokenStatistics = {
 	epochs: number,
 	/**  `billable_per_epoch × epochs`. */
 	estimated_billable: number,
+};
+
+/**  A row of `training_jobs`. */
+export type TrainingJob = {
+	id: string,
+	user_id: string,
+	dataset_id: string,
+	preset_id: string,
+	hyperparameters: HyperparameterConfig,
+	gpu_config: GpuConfig,
+	status: string,
+	current_stage: string,
+	/**  0–100. */
+	progress?: number | null,
+	current_epoch?: number,
+	total_epochs: number,
+	current_step?: number,
+	total_steps: number | null,
+	current_metrics: CurrentMetrics | null,
+	queued_at: string,
+	started_at: string | null,
+	completed_at: string | null,
+	estimated_completion_at: string | null,
+	current_cost?: number | null,
+	estimated_total_cost: number | null,
+	final_cost: number | null,
+	/**  The estimate `create_training_job` computed and snapshotted, with its inputs. */
+	cost_estimate?: CostEstimate | null,
+	error_message: string | null,
+	error_stack: string | null,
+	retry_count?: number,
+	external_job_id: string | null,
+	artifact_id: string | null,
+	/**
+	 *  Which claim by a worker this is (`training_jobs.attempt`): 0 until a worker first claims
+	 *  the job, one more on every claim (a reclaimed job trains again from step 1).
+	 */
+	attempt?: number,
+	created_at: string,
+	updated_at: string,
+};
+
+/**
+ *  A row of `training_presets`: a named, complete [`HyperparameterConfig`] that
+ *  `create_training_job` starts from. The server's table is the only list of presets.
+ */
+export type TrainingPreset = {
+	id: string,
+	display_name: string,
+	description: string | null,
+	hyperparameters: HyperparameterConfig,
+	active: boolean,
+	sort_order: number,
+	created_at: string,
+	updated_at: string,
+};
+
+/**  `model_artifacts.training_summary`. */
+export type TrainingSummary = {
+	duration_seconds: number | null,
+	total_epochs: number,
+	final_learning_rate: number | null,
+	gpu_hours: number | null,
+	total_cost: number | null,
+	avg_throughput?: number | null,
+	total_tokens_processed?: number | null,
 };
 
 /**  Message counts. A turn is one message, of any role. */

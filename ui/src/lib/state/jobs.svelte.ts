@@ -1,0 +1,83 @@
+// The job list: painted from the local cache at once (marked stale), then from the server, then
+// kept current by the shell's watcher (`JobChanged` events), which also brings the metrics the
+// charts draw from and says when the server is out of reach.
+
+import { call, commands, events, wireOf } from "../api";
+import type { JobAlert, TrainingJob, WireError } from "../bindings";
+import { isActive } from "../jobs";
+
+export class Jobs {
+  items = $state<TrainingJob[]>([]);
+  stale = $state(true);
+  loaded = $state(false);
+  error = $state<WireError | null>(null);
+  /** The watcher cannot reach the server (it retries by itself). */
+  offline = $state(false);
+  /** Outcomes announced while the window runs, newest first. */
+  finished = $state<JobAlert[]>([]);
+  /** Called with every new metrics batch: `(jobId)`. */
+  private metricsListeners = new Set<(jobId: string) => void>();
+
+  running = $derived(this.items.filter((j) => isActive(j.status)).length);
+
+  async start(): Promise<void> {
+    await events.jobChanged.listen(({ payload }) => this.upsert(payload.job));
+    await events.metricsAdded.listen(({ payload }) => {
+      for (const listener of this.metricsListeners) listener(payload.job_id);
+    });
+    await events.jobFinished.listen(({ payload }) => {
+      this.finished = [payload.alert, ...this.finished].slice(0, 20);
+    });
+    await events.connectionChanged.listen(({ payload }) => {
+      this.offline = !payload.online;
+    });
+    await this.fetch("cache");
+    await this.fetch("server");
+    try {
+      await call(commands.watchJobs());
+    } catch (e) {
+      this.error = wireOf(e);
+    }
+  }
+
+  /** Calls `listener(jobId)` when metrics arrive; returns the unsubscribe. */
+  onMetrics(listener: (jobId: string) => void): () => void {
+    this.metricsListeners.add(listener);
+    return () => this.metricsListeners.delete(listener);
+  }
+
+  refresh(): Promise<void> {
+    return this.fetch("server");
+  }
+
+  private async fetch(refresh: "cache" | "server"): Promise<void> {
+    try {
+      const listing = await call(commands.listJobs({ refresh, status: null }));
+      this.items = listing.items;
+      this.stale = listing.stale;
+      this.loaded = true;
+      if (refresh === "server") this.error = null;
+    } catch (e) {
+      this.error = wireOf(e);
+      this.stale = true;
+      this.loaded = true;
+    }
+  }
+
+  /** A job the server changed: replaced in place, or added at the top. */
+  upsert(job: TrainingJob): void {
+    const at = this.items.findIndex((j) => j.id === job.id);
+    const held = this.items[at];
+    if (held) {
+      // The watcher may deliver an older poll after a command's answer: keep the newest.
+      if (held.updated_at > job.updated_at) return;
+      this.items[at] = job;
+    } else {
+      this.items = [job, ...this.items];
+    }
+  }
+
+  get(id: string): TrainingJob | undefined {
+    return this.items.find((j) => j.id === id);
+  }
+}
