@@ -619,4 +619,25 @@ async fn train_watch_download(
     shoot(display, app, "notifications").await;
     app.click("ul[aria-label='Notification list'] button").await;
     app.find("section[aria-label='Job'] header", MINUTE).await;
+
+    // Dark, chosen in the settings: the window and its charts (drawn dark by the renderer).
+    app.click("nav a[href='#/settings']").await;
+    app.click("div[aria-label='Theme'] button:nth-child(3)")
+        .await;
+    app.until("the dark theme", MINUTE, || async {
+        app.attr("html", "data-theme").await.filter(|t| t == "dark")
+    })
+    .await;
+    app.click("nav a[href='#/jobs']").await;
+    app.click(&format!("a[href='#/jobs/{job}']")).await;
+    app.until("the loss chart drawn dark", MINUTE, || async {
+        app.attr("figure[aria-label='Loss'] img", "src")
+            .await
+            .filter(|src| src.contains("%231A1A22"))
+    })
+    .await;
+    shoot(display, app, "job-dark").await;
+    app.click("nav a[href='#/settings']").await;
+    app.click("div[aria-label='Theme'] button:nth-child(1)")
+        .await;
 }

@@ -85,25 +85,18 @@ export function problemsByField(check: DraftCheck | null): Record<string, string
 }
 
 /** What each preset trades, in words (the numbers come from the server's preset). */
-export const TRADE_OFFS: Record<string, { time: string; cost: string; risk: string }> = {
+export const TRADE_OFFS: Record<string, { summary: string; risk: string }> = {
   conservative: {
-    time: "Shortest run",
-    cost: "Lowest cost",
+    summary: "Shortest run · lowest cost",
     risk: "Least risk of over-fitting; may under-fit a large set",
   },
-  balanced: {
-    time: "Moderate run",
-    cost: "Moderate cost",
-    risk: "Good default for most datasets",
-  },
+  balanced: { summary: "Moderate run · moderate cost", risk: "Good default for most datasets" },
   aggressive: {
-    time: "Longest run",
-    cost: "Highest cost",
+    summary: "Longest run · highest cost",
     risk: "Learns most; may over-fit a small set",
   },
   custom: {
-    time: "Your epochs set time",
-    cost: "and cost",
+    summary: "Time and cost follow your epochs",
     risk: "Starts from balanced; you set every value",
   },
 };
