@@ -1,12 +1,13 @@
 //! Throughput of the hot paths: validating a generated ~100 MB dataset from memory (MB/s, with
 //! the real cl100k tokenizer and with the byte tokenizer, to separate parsing from BPE), and
-//! rendering 100k metric points to SVG and PNG.
+//! rendering 100k metric points to SVG (light, dark with a log axis) and PNG, beside the peer:
+//! plotters drawing the same 100k points as one `LineSeries`, without our decimation.
 //!
-//! Run with `cargo bench -p brightrun-core --bench core`.
+//! Run with `cargo bench -p brightrun-core --bench core` (charts only: `-- chart_100k`).
 
 use std::hint::black_box;
 
-use brightrun_core::chart::{Chart, ChartKind, ChartSize};
+use brightrun_core::chart::{Chart, ChartKind, ChartSize, ChartStyle, ChartTheme};
 use brightrun_core::{
     ByteTokenizer, MetricsPoint, TiktokenTokenizer, Tokenizer, ValidationOptions, validate,
 };
@@ -121,10 +122,49 @@ fn charts(c: &mut Criterion) {
     group.bench_function("svg", |b| {
         b.iter(|| Chart::from_metrics(ChartKind::Loss, black_box(&points)).to_svg(size))
     });
+    let dark_log = ChartStyle {
+        theme: ChartTheme::Dark,
+        log_y: true,
+    };
+    group.bench_function("svg_dark_log", |b| {
+        b.iter(|| {
+            Chart::from_metrics(ChartKind::Loss, black_box(&points)).to_svg_styled(size, dark_log)
+        })
+    });
     group.bench_function("png", |b| {
         b.iter(|| Chart::from_metrics(ChartKind::Loss, black_box(&points)).to_png(size))
     });
+    // The peer: plotters itself, every point of the training loss in one LineSeries.
+    group.bench_function("peer_plotters_svg_every_point", |b| {
+        b.iter(|| plotters_every_point(black_box(&points), size))
+    });
     group.finish();
+}
+
+/// What a straightforward plotters chart of the loss does: all points, no decimation.
+fn plotters_every_point(points: &[MetricsPoint], size: ChartSize) -> String {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (size.width, size.height)).into_drawing_area();
+        root.fill(&WHITE).expect("fill");
+        let last = points.last().map_or(1, |p| p.step) as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..last, 0.0..2.2)
+            .expect("axes");
+        chart.configure_mesh().draw().expect("mesh");
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.step as f64, p.training_loss)),
+                BLUE.stroke_width(2),
+            ))
+            .expect("series");
+        root.present().expect("present");
+    }
+    svg
 }
 
 criterion_group!(benches, validation, charts);
