@@ -67,7 +67,8 @@ pub fn specta_builder<R: Runtime>() -> Builder<R> {
             events::JobChanged,
             events::MetricsAdded,
             events::JobFinished,
-            events::ConnectionChanged
+            events::ConnectionChanged,
+            events::Navigate
         ])
         // Byte and token counts are u64/i64 in Rust and far below 2^53: numbers in TypeScript.
         .dangerously_cast_bigints_to_number()

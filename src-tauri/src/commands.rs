@@ -161,8 +161,19 @@ pub async fn upload_dataset(
     tauri::async_runtime::spawn(async move {
         let changed = |d: &Dataset| notify(Notice::Dataset(Box::new(d.clone())));
         let follow = datasets::follow(&app, dataset, Duration::from_secs(1), changed);
-        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(900), follow).await {
-            tracing::warn!(code = e.code().as_str(), "stopped following a dataset");
+        match tokio::time::timeout(Duration::from_secs(900), follow).await {
+            // The server's verdict, on the desktop too (the window may be hidden by now).
+            Ok(Ok(done)) => {
+                let wanted = prefs::get(&app)
+                    .await
+                    .map(|p| p.notifications)
+                    .unwrap_or(true);
+                if let Some(alert) = crate::alerts::Alert::for_dataset(&done).filter(|_| wanted) {
+                    notify(Notice::Desktop(alert));
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(code = e.code().as_str(), "stopped following a dataset"),
+            Err(_) => tracing::warn!("the dataset was still validating after 15 minutes"),
         }
     });
     Ok(outcome)

@@ -42,6 +42,12 @@ pub struct ConnectionChanged {
     pub retry_in_secs: Option<f64>,
 }
 
+/// Open a route of the window (a notification or the tray was clicked): `#/jobs/<id>`.
+#[derive(Debug, Clone, Serialize, specta::Type, tauri_specta::Event)]
+pub struct Navigate {
+    pub to: String,
+}
+
 /// A change to announce, as the shell's state holds it (no runtime type in it).
 #[derive(Debug, Clone)]
 pub enum Notice {
@@ -52,7 +58,16 @@ pub enum Notice {
         job_id: uuid::Uuid,
         attempt: i64,
     },
-    Finished(brightrun_client::watch::JobAlert),
+    /// Outcomes of one poll; `native` raises desktop notifications too (the preference), one
+    /// per outcome, or one for all when `grouped` (what happened while the app was closed).
+    Finished {
+        alerts: Vec<brightrun_client::watch::JobAlert>,
+        native: bool,
+        grouped: bool,
+    },
+    /// A desktop notification only.
+    Desktop(crate::alerts::Alert),
+    Navigate(String),
     Connection {
         online: bool,
         retry_in_secs: Option<f64>,
@@ -68,7 +83,35 @@ impl Notice {
             Self::Dataset(dataset) => DatasetChanged { dataset: *dataset }.emit(handle),
             Self::Job(job) => JobChanged { job: *job }.emit(handle),
             Self::Metrics { job_id, attempt } => MetricsAdded { job_id, attempt }.emit(handle),
-            Self::Finished(alert) => JobFinished { alert }.emit(handle),
+            Self::Finished {
+                alerts,
+                native,
+                grouped,
+            } => {
+                if native {
+                    let batches: Vec<&[brightrun_client::watch::JobAlert]> = if grouped {
+                        vec![&alerts]
+                    } else {
+                        alerts.chunks(1).collect()
+                    };
+                    for alert in batches
+                        .into_iter()
+                        .filter_map(crate::alerts::Alert::for_jobs)
+                    {
+                        crate::alerts::show(handle, alert);
+                    }
+                }
+                alerts
+                    .into_iter()
+                    .map(|alert| JobFinished { alert }.emit(handle))
+                    .find(Result::is_err)
+                    .unwrap_or(Ok(()))
+            }
+            Self::Desktop(alert) => {
+                crate::alerts::show(handle, alert);
+                Ok(())
+            }
+            Self::Navigate(to) => Navigate { to }.emit(handle),
             Self::Connection {
                 online,
                 retry_in_secs,

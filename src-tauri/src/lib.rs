@@ -8,6 +8,7 @@
 //! window may cancel ([`shell`]). The TypeScript the window uses is generated from these
 //! signatures ([`bindings`]).
 
+pub mod alerts;
 pub mod bindings;
 pub mod commands;
 pub mod events;

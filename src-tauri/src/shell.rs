@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use brightrun_client::app::curves::Curves;
 use brightrun_client::app::jobs::{self, WatchJobs};
 use brightrun_client::app::{App, AppConfig, CancellationToken};
+use brightrun_client::app::{costs, prefs};
 use brightrun_client::watch::{Visibility, WatchEvent};
 use brightrun_client::{BuildChannel, Error, Result};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 
 use crate::events::Notice;
 use crate::project::{Choice, Settings};
@@ -120,6 +121,8 @@ impl Shell {
         let curves = self.curves.clone();
         let mut visibility = self.visibility.subscribe();
         let task = tokio::spawn(async move {
+            // What ended before watching began (while the app was closed) is one notification.
+            let started = chrono::Utc::now();
             loop {
                 let event = tokio::select! {
                     event = stream.next() => event,
@@ -129,29 +132,68 @@ impl Shell {
                     }
                 };
                 let Some(event) = event else { break };
-                if curves.apply(&event)
-                    && let WatchEvent::Metrics {
-                        job_id, attempt, ..
-                    } = &event
-                {
-                    notify(Notice::Metrics {
-                        job_id: *job_id,
-                        attempt: *attempt,
-                    });
+                // One poll's events arrive together: outcomes that happened while the app was
+                // closed become one grouped notification, not a burst.
+                let mut batch = vec![event];
+                while let Some(Some(more)) = stream.next().now_or_never() {
+                    batch.push(more);
                 }
-                match event {
-                    WatchEvent::JobUpdated { job } => notify(Notice::Job(job)),
-                    WatchEvent::Alert { alert } => notify(Notice::Finished(alert)),
-                    WatchEvent::Offline { retry_in } => notify(Notice::Connection {
-                        online: false,
-                        retry_in_secs: Some(retry_in.as_secs_f64()),
-                    }),
-                    WatchEvent::Online => notify(Notice::Connection {
-                        online: true,
-                        retry_in_secs: None,
-                    }),
-                    WatchEvent::SignedOut => break,
-                    WatchEvent::Metrics { .. } => {}
+                let mut alerts = Vec::new();
+                let mut ended_before = std::collections::HashSet::new();
+                for event in batch {
+                    if let WatchEvent::JobUpdated { job } = &event
+                        && job.completed_at.is_some_and(|at| at < started)
+                    {
+                        ended_before.insert(job.id);
+                    }
+                    if curves.apply(&event)
+                        && let WatchEvent::Metrics {
+                            job_id, attempt, ..
+                        } = &event
+                    {
+                        notify(Notice::Metrics {
+                            job_id: *job_id,
+                            attempt: *attempt,
+                        });
+                    }
+                    match event {
+                        WatchEvent::JobUpdated { job } => notify(Notice::Job(job)),
+                        WatchEvent::Alert { alert } => alerts.push(alert),
+                        WatchEvent::Offline { retry_in } => notify(Notice::Connection {
+                            online: false,
+                            retry_in_secs: Some(retry_in.as_secs_f64()),
+                        }),
+                        WatchEvent::Online => notify(Notice::Connection {
+                            online: true,
+                            retry_in_secs: None,
+                        }),
+                        WatchEvent::SignedOut => {
+                            curves.clear();
+                            return;
+                        }
+                        WatchEvent::Metrics { .. } => {}
+                    }
+                }
+                if !alerts.is_empty() {
+                    let prefs = prefs::get(&app).await.unwrap_or_default();
+                    let completed = alerts
+                        .iter()
+                        .any(|a| a.status == brightrun_core::JobStatus::Completed);
+                    let (backlog, live): (Vec<_>, Vec<_>) = alerts
+                        .into_iter()
+                        .partition(|a| ended_before.contains(&a.job_id));
+                    for (alerts, grouped) in [(backlog, true), (live, false)] {
+                        if !alerts.is_empty() {
+                            notify(Notice::Finished {
+                                alerts,
+                                native: prefs.notifications,
+                                grouped,
+                            });
+                        }
+                    }
+                    if completed && prefs.notifications {
+                        budget_alert(&app, &notify).await;
+                    }
                 }
             }
             curves.clear();
@@ -230,4 +272,34 @@ impl Shell {
             sandbox.stop();
         }
     }
+}
+
+/// Once a month, when the month's cost crosses the budget's alert threshold (the claim is kept
+/// in the local database, so a restart does not repeat it).
+async fn budget_alert(app: &App, notify: &Notify) {
+    let Ok(report) = costs::month(app, costs::CostMonth::default()).await else {
+        return;
+    };
+    let Some(budget) = report.budget.filter(|b| b.alert) else {
+        return;
+    };
+    let key = format!("budget:{}", report.summary.month);
+    if !app
+        .db()
+        .claim_alert(&key, chrono::Utc::now())
+        .await
+        .unwrap_or(false)
+    {
+        return;
+    }
+    let used = (budget.used * 100.0).round();
+    notify(Notice::Desktop(crate::alerts::Alert {
+        summary: format!("{used}% of this month's budget spent"),
+        body: format!(
+            "${:.2} of ${:.2}. Open Costs to see where it went.",
+            budget.spent, budget.budget
+        ),
+        open: "#/costs".to_owned(),
+        download: None,
+    }));
 }

@@ -59,7 +59,12 @@ pub fn build_app() -> Result<PathBuf> {
 
 /// The debug app, stack and worker, with the window already in `ui/dist`.
 pub fn build_binaries() -> Result<PathBuf> {
-    for package in ["brightrun-stack", "brightrun-worker", "brightrun-desktop"] {
+    for package in [
+        "brightrun-stack",
+        "brightrun-worker",
+        "brightrun-cli",
+        "brightrun-desktop",
+    ] {
         if !setup::cargo(&["build", "-p", package])? {
             bail!("building {package} failed");
         }
@@ -121,6 +126,7 @@ pub fn e2e_env() -> Result<Vec<(String, String)>> {
             "BRIGHTRUN_E2E_WORKER".into(),
             path(debug.join("brightrun-worker")),
         ),
+        ("BRIGHTRUN_E2E_CLI".into(), path(debug.join("brightrun"))),
         ("BRIGHTRUN_E2E_DRIVER".into(), path(tauri_driver()?)),
         (
             "BRIGHTRUN_E2E_SCREENSHOTS".into(),

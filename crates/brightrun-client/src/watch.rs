@@ -38,6 +38,8 @@ pub trait JobFeed: Send + Sync {
         attempt: i64,
         after_step: Option<i64>,
     ) -> BoxFuture<'_, Result<Vec<MetricsPoint>>>;
+    /// One of the caller's datasets (to name a job in an alert when the cache does not know it).
+    fn dataset(&self, id: Uuid) -> BoxFuture<'_, Result<brightrun_core::Dataset>>;
 }
 
 impl JobFeed for Api {
@@ -56,6 +58,10 @@ impl JobFeed for Api {
     ) -> BoxFuture<'_, Result<Vec<MetricsPoint>>> {
         Box::pin(Api::metrics_since(self, job_id, attempt, after_step))
     }
+
+    fn dataset(&self, id: Uuid) -> BoxFuture<'_, Result<brightrun_core::Dataset>> {
+        Box::pin(Api::dataset(self, id))
+    }
 }
 
 /// Whether the user is looking: the window is visible (or the CLI is watching in a terminal).
@@ -66,41 +72,101 @@ pub enum Visibility {
 }
 
 /// A job reached a terminal state the user wants to hear about. The text names the job by its
-/// dataset-free short id and status only: no token, no path.
+/// dataset (its short id when the dataset is not known here), says what happened, the final
+/// loss and cost or what went wrong, and what to do next; never a token or a local path.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[cfg_attr(feature = "specta", derive(specta::Type))]
 pub struct JobAlert {
     pub job_id: Uuid,
     pub status: JobStatus,
+    /// The dataset's name, when known.
+    pub dataset: Option<String>,
     pub title: String,
     pub body: String,
 }
 
 impl JobAlert {
-    fn for_job(job: &TrainingJob) -> Self {
+    /// The alert for `job`, whose dataset is named `dataset` (when known).
+    pub fn for_job(job: &TrainingJob, dataset: Option<&str>) -> Self {
         let short = job.id.simple().to_string()[..8].to_owned();
+        let name = dataset
+            .map(|d| clip(d, 60))
+            .unwrap_or_else(|| format!("job {short}"));
         let (title, body) = match job.status {
-            JobStatus::Completed => (
-                "Training complete".to_owned(),
-                match job.final_cost {
-                    Some(cost) => {
-                        format!("Job {short} finished; the adapter is ready (${cost:.2}).")
-                    }
-                    None => format!("Job {short} finished; the adapter is ready."),
-                },
-            ),
-            _ => (
-                "Training failed".to_owned(),
-                format!("Job {short} failed. Open it to see why."),
-            ),
+            JobStatus::Completed => {
+                let mut facts = Vec::new();
+                if let Some(loss) = job.current_metrics.as_ref().map(|m| m.training_loss) {
+                    facts.push(format!("final loss {loss:.3}"));
+                }
+                if let Some(cost) = job.final_cost {
+                    facts.push(format!("${cost:.2}"));
+                }
+                let facts = if facts.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", facts.join(", "))
+                };
+                (
+                    format!("Training complete: {name}"),
+                    format!(
+                        "The adapter of job {short} is ready{facts}. Download it, or open the job."
+                    ),
+                )
+            }
+            _ => {
+                let why = job
+                    .error_message
+                    .as_deref()
+                    .map(|m| clip(&scrub(m), 160))
+                    .unwrap_or_else(|| "the worker gave no reason".to_owned());
+                (
+                    format!("Training failed: {name}"),
+                    format!("Job {short}: {why}. Open it to see why; clone it to try again."),
+                )
+            }
         };
         Self {
             job_id: job.id,
             status: job.status.clone(),
+            dataset: dataset.map(str::to_owned),
             title,
             body,
         }
     }
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn clip(text: &str, max: usize) -> String {
+    let text = text.trim().trim_end_matches('.');
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// A server's error text made fit for a notification: local paths and anything shaped like a
+/// token are replaced by a word saying what was there.
+fn scrub(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            let bare = word.trim_matches(|c: char| "\"'()[]{},;:".contains(c));
+            if bare.starts_with('/') && bare.len() > 1 || bare.starts_with("~/") {
+                word.replace(bare, "[path]")
+            } else if bare.starts_with("eyJ") && bare.len() > 20
+                || bare.len() >= 40
+                    && bare
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                word.replace(bare, "[secret]")
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What the watcher reports (as JSON: `{"event": "job_updated", ...}`). Within one poll: new
@@ -138,8 +204,10 @@ fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::O
 }
 
 /// How often to poll. The defaults: every 2 s while a job is active and the window is visible
-/// (a loss curve that lags by more feels stuck), 15 s in the background, 30 s / 120 s when no job
-/// is active (only new jobs from another device can appear); offline, the `offline` backoff.
+/// (a loss curve that lags by more feels stuck), 15 s in the background, 10 s / 120 s when no job
+/// is active (only jobs started elsewhere, e.g. from the CLI, can appear: one small request finds
+/// them while they run, so their end is announced within the fast cadence); offline, the
+/// `offline` backoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cadence {
     pub active_foreground: Duration,
@@ -156,7 +224,7 @@ impl Default for Cadence {
         Self {
             active_foreground: Duration::from_secs(2),
             active_background: Duration::from_secs(15),
-            idle_foreground: Duration::from_secs(30),
+            idle_foreground: Duration::from_secs(10),
             idle_background: Duration::from_secs(120),
             offline: RetryPolicy {
                 base: Duration::from_secs(2),
@@ -346,12 +414,34 @@ impl JobWatcher {
             .db
             .merge_jobs_claiming_alerts(self.user_id, &fresh, &keys, fetched_at)
             .await?;
+        // Alerts name the job by its dataset, from the local cache of the user's datasets.
+        // A dataset made elsewhere (the CLI) since the list was cached is asked for; an alert
+        // without the name (offline) still goes out, with the job's short id.
+        let mut names: HashMap<Uuid, String> = if ended.is_empty() || first_sync {
+            HashMap::new()
+        } else {
+            self.db
+                .cached_datasets(self.user_id)
+                .await
+                .map(|cached| cached.items.into_iter().map(|d| (d.id, d.name)).collect())
+                .unwrap_or_default()
+        };
+        if !first_sync {
+            for job in &ended {
+                if !names.contains_key(&job.dataset_id)
+                    && let Ok(dataset) = self.feed.dataset(job.dataset_id).await
+                {
+                    names.insert(dataset.id, dataset.name);
+                }
+            }
+        }
         for (job, claimed) in ended.into_iter().zip(claimed) {
             // Claimed on the first sync too, silently: jobs that ended before the app was ever
             // opened here are not news, and must not become news later.
             if claimed && !first_sync {
+                let dataset = names.get(&job.dataset_id).map(String::as_str);
                 events.push(WatchEvent::Alert {
-                    alert: JobAlert::for_job(job),
+                    alert: JobAlert::for_job(job, dataset),
                 });
             }
         }
@@ -434,6 +524,17 @@ mod tests {
     use rand::rngs::mock::StepRng;
 
     use super::*;
+
+    #[test]
+    fn alert_text_hides_paths_and_tokens_and_keeps_words() {
+        let text = scrub(
+            "cannot read /var/lib/brightrun/worker/jobs/x/adapter.bin (token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc) after 3 tries",
+        );
+        assert_eq!(text, "cannot read [path] (token [secret]) after 3 tries");
+        assert_eq!(scrub("CUDA out of memory"), "CUDA out of memory");
+        assert_eq!(clip(&"x".repeat(300), 10).chars().count(), 10);
+        assert_eq!(clip("Done.", 10), "Done", "no doubled full stop");
+    }
 
     #[test]
     fn cadence_is_fast_when_it_matters_and_backs_off_offline() {

@@ -2,5 +2,7 @@
 //! WebKitWebDriver), in a private D-Bus session with an unlocked gnome-keyring, against the
 //! stack and a worker. Run by `cargo xtask test`; screenshots go to `docs/screenshots/`.
 
+mod alerts;
 mod harness;
+mod notifications;
 mod story;

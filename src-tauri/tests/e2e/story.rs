@@ -21,7 +21,7 @@ fn shots() -> PathBuf {
 }
 
 /// Waits for two frames, so what the DOM says is also on screen, then shoots the window.
-async fn shoot(display: &Display, app: &App, name: &str) {
+pub(crate) async fn shoot(display: &Display, app: &App, name: &str) {
     let _ = app
         .client
         .execute_async(
@@ -34,7 +34,7 @@ async fn shoot(display: &Display, app: &App, name: &str) {
 }
 
 /// A valid v4 dataset of about `bytes` bytes.
-fn dataset(dir: &Path, name: &str, bytes: usize) -> PathBuf {
+pub(crate) fn dataset(dir: &Path, name: &str, bytes: usize) -> PathBuf {
     let mut out = String::new();
     let mut i = 0;
     while out.len() < bytes {
@@ -97,7 +97,12 @@ fn worker(user: Uuid, dir: &Path) -> Guard {
 }
 
 /// A scripted worker whose steps take `step_ms` (slow enough to watch a curve grow).
-fn worker_stepping(user: Uuid, dir: &Path, step_ms: u64) -> Guard {
+pub(crate) fn worker_stepping(user: Uuid, dir: &Path, step_ms: u64) -> Guard {
+    worker_running(user, dir, step_ms, 1)
+}
+
+/// A scripted worker running up to `concurrency` jobs at once, each step taking `step_ms`.
+pub(crate) fn worker_running(user: Uuid, dir: &Path, step_ms: u64, concurrency: u32) -> Guard {
     let st = stack();
     let child = Command::new(required("BRIGHTRUN_E2E_WORKER"))
         .env("DATABASE_URL", &st.db_url)
@@ -112,6 +117,8 @@ fn worker_stepping(user: Uuid, dir: &Path, step_ms: u64) -> Guard {
             &user.to_string(),
             "--scripted-step-ms",
             &step_ms.to_string(),
+            "--concurrency",
+            &concurrency.to_string(),
         ])
         .arg("--work-dir")
         .arg(dir)

@@ -81,6 +81,7 @@ export const events = {
 	jobChanged: makeEvent<JobChanged, JobChanged>("job-changed"),
 	jobFinished: makeEvent<JobFinished, JobFinished>("job-finished"),
 	metricsAdded: makeEvent<MetricsAdded, MetricsAdded>("metrics-added"),
+	navigate: makeEvent<Navigate, Navigate>("navigate"),
 	sessionChanged: makeEvent<SessionChanged, SessionChanged>("session-changed"),
 };
 
@@ -569,11 +570,14 @@ export type Issue = {
 
 /**
  *  A job reached a terminal state the user wants to hear about. The text names the job by its
- *  dataset-free short id and status only: no token, no path.
+ *  dataset (its short id when the dataset is not known here), says what happened, the final
+ *  loss and cost or what went wrong, and what to do next; never a token or a local path.
  */
 export type JobAlert = {
 	job_id: string,
 	status: string,
+	/**  The dataset's name, when known. */
+	dataset: string | null,
 	title: string,
 	body: string,
 };
@@ -704,6 +708,11 @@ export type MonthlyCostSummary = {
 	by_job: JobCost[],
 	/**  Largest first. */
 	by_gpu: GpuCost[],
+};
+
+/**  Open a route of the window (a notification or the tray was clicked): `#/jobs/<id>`. */
+export type Navigate = {
+	to: string,
 };
 
 /**  A row of `notifications`. */

@@ -32,12 +32,15 @@ export class Jobs {
       this.offline = !payload.online;
     });
     await this.fetch("cache");
-    await this.fetch("server");
+    // The watcher starts from what this machine last saw; it must begin before the list is
+    // refreshed from the server, or outcomes that happened while the app was closed would look
+    // already seen and never be announced.
     try {
       await call(commands.watchJobs());
     } catch (e) {
       this.error = wireOf(e);
     }
+    await this.fetch("server");
   }
 
   /** Calls `listener(jobId)` when metrics arrive; returns the unsubscribe. */

@@ -1,0 +1,122 @@
+//! A notification server for the end-to-end test: it owns `org.freedesktop.Notifications` on the
+//! test's private session bus, records every `Notify` with the time it arrived, and clicks an
+//! action the way a desktop does (the `ActionInvoked` signal).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::OwnedValue;
+
+const PATH: &str = "/org/freedesktop/Notifications";
+
+/// One `Notify` call.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub id: u32,
+    pub app_name: String,
+    pub summary: String,
+    pub body: String,
+    pub actions: Vec<String>,
+    pub at: SystemTime,
+}
+
+#[derive(Default)]
+struct Server {
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+#[zbus::interface(name = "org.freedesktop.Notifications")]
+impl Server {
+    #[allow(clippy::too_many_arguments)]
+    async fn notify(
+        &self,
+        app_name: String,
+        _replaces_id: u32,
+        _app_icon: String,
+        summary: String,
+        body: String,
+        actions: Vec<String>,
+        _hints: HashMap<String, OwnedValue>,
+        _expire_timeout: i32,
+    ) -> u32 {
+        let mut received = self.received.lock().expect("lock");
+        let id = u32::try_from(received.len()).unwrap_or(u32::MAX) + 1;
+        received.push(Received {
+            id,
+            app_name,
+            summary,
+            body,
+            actions,
+            at: SystemTime::now(),
+        });
+        id
+    }
+
+    fn close_notification(&self, _id: u32) {}
+
+    fn get_capabilities(&self) -> Vec<String> {
+        vec!["actions".into(), "body".into()]
+    }
+
+    fn get_server_information(&self) -> (String, String, String, String) {
+        (
+            "brightrun-e2e".into(),
+            "BrightRun".into(),
+            "1".into(),
+            "1.2".into(),
+        )
+    }
+
+    #[zbus(signal)]
+    async fn action_invoked(
+        emitter: &SignalEmitter<'_>,
+        id: u32,
+        action_key: &str,
+    ) -> zbus::Result<()>;
+}
+
+/// The server, serving until dropped.
+pub struct Notifications {
+    connection: zbus::Connection,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Notifications {
+    pub async fn start() -> Self {
+        let server = Server::default();
+        let received = server.received.clone();
+        let connection = zbus::connection::Builder::session()
+            .expect("the session bus")
+            .name("org.freedesktop.Notifications")
+            .expect("the name")
+            .serve_at(PATH, server)
+            .expect("the object")
+            .build()
+            .await
+            .expect("owns org.freedesktop.Notifications");
+        Self {
+            connection,
+            received,
+        }
+    }
+
+    /// Every notification so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    /// Clicks `action` of notification `id`.
+    pub async fn invoke(&self, id: u32, action: &str) {
+        let iface = self
+            .connection
+            .object_server()
+            .interface::<_, Server>(PATH)
+            .await
+            .expect("the interface");
+        Server::action_invoked(iface.signal_emitter(), id, action)
+            .await
+            .expect("ActionInvoked sent");
+    }
+}
