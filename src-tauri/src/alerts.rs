@@ -110,7 +110,12 @@ pub fn open_window<R: Runtime>(handle: &AppHandle<R>, route: &str) {
         let _ = window.unminimize();
         let _ = window.set_focus();
     }
-    crate::events::Notice::Navigate(route.to_owned()).emit(handle);
+    if !route.is_empty() {
+        crate::events::Notice::Navigate(route.to_owned()).emit(handle);
+    }
+    handle
+        .state::<Shell>()
+        .set_visibility(brightrun_client::watch::Visibility::Foreground);
 }
 
 /// Raises `alert` on the desktop; a click opens the window on it. Failures (no notification

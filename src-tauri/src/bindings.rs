@@ -39,6 +39,7 @@ pub fn specta_builder<R: Runtime>() -> Builder<R> {
             commands::delete_dataset,
             commands::get_preferences,
             commands::set_preferences,
+            commands::tray_present,
             commands::gpu_types,
             commands::presets,
             commands::check_job,

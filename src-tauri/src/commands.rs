@@ -2,6 +2,7 @@
 //! shell's own (the project choice, cancelling a transfer). Errors cross as [`WireError`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use brightrun_client::WireError;
@@ -224,7 +225,9 @@ pub async fn delete_dataset(shell: State<'_, Shell>, request: DatasetRef) -> Ans
 #[tauri::command]
 #[specta::specta]
 pub async fn get_preferences(shell: State<'_, Shell>) -> Answer<Preferences> {
-    Ok(prefs::get(&*shell.app().await?).await?)
+    let preferences = prefs::get(&*shell.app().await?).await?;
+    crate::tray::CLOSE_TO_TRAY.store(preferences.close_to_tray, Ordering::Relaxed);
+    Ok(preferences)
 }
 
 #[tauri::command]
@@ -233,7 +236,16 @@ pub async fn set_preferences(
     shell: State<'_, Shell>,
     preferences: Preferences,
 ) -> Answer<Preferences> {
-    Ok(prefs::set(&*shell.app().await?, preferences).await?)
+    let saved = prefs::set(&*shell.app().await?, preferences).await?;
+    crate::tray::CLOSE_TO_TRAY.store(saved.close_to_tray, Ordering::Relaxed);
+    Ok(saved)
+}
+
+/// Whether this desktop shows the tray (without one, closing the window quits).
+#[tauri::command]
+#[specta::specta]
+pub async fn tray_present(shell: State<'_, Shell>) -> Answer<bool> {
+    Ok(shell.has_tray())
 }
 
 // --- Jobs ------------------------------------------------------------------------------------

@@ -81,13 +81,17 @@ impl Notice {
         let sent = match self {
             Self::Session(account) => SessionChanged { account }.emit(handle),
             Self::Dataset(dataset) => DatasetChanged { dataset: *dataset }.emit(handle),
-            Self::Job(job) => JobChanged { job: *job }.emit(handle),
+            Self::Job(job) => {
+                crate::tray::job_changed(handle, &job);
+                JobChanged { job: *job }.emit(handle)
+            }
             Self::Metrics { job_id, attempt } => MetricsAdded { job_id, attempt }.emit(handle),
             Self::Finished {
                 alerts,
                 native,
                 grouped,
             } => {
+                crate::tray::finished(handle, &alerts);
                 if native {
                     let batches: Vec<&[brightrun_client::watch::JobAlert]> = if grouped {
                         vec![&alerts]

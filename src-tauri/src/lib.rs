@@ -15,6 +15,7 @@ pub mod events;
 pub mod project;
 pub mod sandbox;
 pub mod shell;
+pub mod tray;
 
 use std::sync::Arc;
 
@@ -53,10 +54,36 @@ pub fn run() {
         eprintln!("error: {e}");
         std::process::exit(1);
     });
-    let app = builder(tauri::Builder::default())
+    // One instance per data directory: a second launch shows and focuses the first, then
+    // exits. Registered first, before anything else starts.
+    let single = tauri_plugin_single_instance::Builder::new()
+        .callback(|handle, _args, _cwd| alerts::open_window(handle, ""))
+        .dbus_id(instance_id(settings.data_dir_override().as_deref()))
+        .build();
+    let app = builder(tauri::Builder::default().plugin(single))
+        // The window's size and position, as the user left them.
+        .plugin(tauri_plugin_window_state::Builder::default().build())
         .setup(move |app| {
             install(app.handle(), settings);
+            let tray = tray::install(app.handle());
+            if !tray {
+                tracing::info!("running without a tray: closing the window quits");
+            }
+            app.state::<Shell>().set_tray(tray);
             Ok(())
+        })
+        .on_window_event(|window, event| {
+            // Close-to-tray: the window hides and watching goes on at the background cadence.
+            if let tauri::WindowEvent::CloseRequested { api, .. } = event
+                && tray::hides_on_close(window.app_handle())
+            {
+                api.prevent_close();
+                let _ = window.hide();
+                window
+                    .app_handle()
+                    .state::<Shell>()
+                    .set_visibility(brightrun_client::watch::Visibility::Background);
+            }
         })
         .build(tauri::generate_context!())
         .unwrap_or_else(|e| {
@@ -68,4 +95,36 @@ pub fn run() {
             handle.state::<Shell>().shut_down();
         }
     });
+}
+
+/// The D-Bus name that keeps one app per data directory: the app's identifier for the default
+/// one, with a digest of the path for another (`BRIGHTRUN_DATA_DIR`: a second profile, a test).
+fn instance_id(data_dir: Option<&std::path::Path>) -> String {
+    const IDENTIFIER: &str = "app.brightrun.desktop";
+    let Some(dir) = data_dir else {
+        return IDENTIFIER.to_owned();
+    };
+    // FNV-1a: stable across builds, which a second launch of a newer binary needs.
+    let digest = dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{IDENTIFIER}.profile{digest:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_id;
+
+    #[test]
+    fn each_data_directory_is_its_own_instance() {
+        let a = instance_id(Some(std::path::Path::new("/home/me/a")));
+        assert_eq!(a, instance_id(Some(std::path::Path::new("/home/me/a"))));
+        assert_ne!(a, instance_id(Some(std::path::Path::new("/home/me/b"))));
+        assert_eq!(instance_id(None), "app.brightrun.desktop");
+        assert!(a.starts_with("app.brightrun.desktop.profile"));
+    }
 }

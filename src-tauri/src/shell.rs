@@ -38,6 +38,8 @@ pub struct Shell {
     /// The job watcher of the signed-in user, while one runs.
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     visibility: tokio::sync::watch::Sender<Visibility>,
+    /// The desktop shows our tray (set once at start).
+    tray: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -57,6 +59,7 @@ impl Shell {
             curves: Arc::new(Curves::default()),
             watcher: Mutex::new(None),
             visibility: tokio::sync::watch::Sender::new(Visibility::Foreground),
+            tray: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -98,6 +101,16 @@ impl Shell {
         let app = Arc::new(App::open(config).await?);
         *slot = Some(app.clone());
         Ok(app)
+    }
+
+    /// Whether the app has a tray (without one, closing the window quits).
+    pub fn has_tray(&self) -> bool {
+        self.tray.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_tray(&self, present: bool) {
+        self.tray
+            .store(present, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The training curves of the jobs the window has shown.

@@ -328,7 +328,14 @@ fn draw<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc(chart.x_label.as_str())
         .y_desc(y_desc)
-        .x_label_formatter(&|x| format_tick(*x))
+        // Steps are whole numbers: a short run gets no "1.5" between its steps.
+        .x_label_formatter(&|x| {
+            if x.fract() == 0.0 {
+                format_tick(*x)
+            } else {
+                String::new()
+            }
+        })
         .y_label_formatter(&y_tick)
         .label_style(text(12))
         .axis_desc_style(text(12))

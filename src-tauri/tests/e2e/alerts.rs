@@ -2,7 +2,9 @@
 //! CLI, and a notification server on the session bus that records each `Notify` and clicks
 //! its default action. One notification per outcome, naming the job's dataset; a click opens
 //! that job; nothing repeated after a restart; what ended while the app was closed announced
-//! once at the next start; nothing for a job the user cancelled.
+//! once at the next start; nothing for a job the user cancelled. The tray's menu (read over
+//! `com.canonical.dbusmenu`) lists a running job and opens the window; a second launch ends and
+//! leaves one app.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,8 +13,8 @@ use std::time::Duration;
 use brightrun_stack::testing::{stack, unique_email};
 use uuid::Uuid;
 
-use crate::harness::{App, Display, Launch, required};
-use crate::notifications::{Notifications, Received};
+use crate::harness::{App, Display, Launch, app_pids, required};
+use crate::notifications::{Notifications, Received, tray_click, tray_layout};
 use crate::story::{dataset, shoot, worker_running};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -177,6 +179,48 @@ async fn one_notification_per_outcome_even_across_restarts() {
     let jobs: Vec<String> = (0..10)
         .map(|_| create_job(&cli_data, &dataset_id))
         .collect();
+
+    // The tray lists a running job; its "Open BrightRun" shows the window on the jobs.
+    let pid = u32::try_from(app_pids(&data)[0]).expect("a pid");
+    let (owner, layout) = app
+        .until("a running job in the tray menu", MINUTE, || async {
+            tray_layout(pid).await.filter(|(_, layout)| {
+                jobs.iter()
+                    .any(|j| layout.contains(&format!("Job {}", &j[..8])))
+            })
+        })
+        .await;
+    app.click("nav a[href='#/datasets']").await;
+    tray_click(&owner, &layout, "Open BrightRun").await;
+    app.until("the jobs opened from the tray", MINUTE, || async {
+        let url = app.client.current_url().await.ok()?;
+        url.fragment().filter(|f| *f == "/jobs").map(|_| ())
+    })
+    .await;
+
+    // A second launch leaves the first alone and ends.
+    let second = display
+        .command(&required("BRIGHTRUN_E2E_APP"))
+        .env("BRIGHTRUN_DATA_DIR", &data)
+        .env("BRIGHTRUN_URL", &st.url)
+        .env("BRIGHTRUN_ANON_KEY", &st.anon_key)
+        .env("WEBKIT_DISABLE_COMPOSITING_MODE", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("a second launch");
+    let second = std::sync::Mutex::new(second);
+    let status = app
+        .until("the second launch to end", MINUTE, || {
+            let ended = second.lock().expect("lock").try_wait().ok().flatten();
+            async move { ended }
+        })
+        .await;
+    assert!(
+        status.success(),
+        "the second launch exits cleanly: {status}"
+    );
+    assert_eq!(app_pids(&data).len(), 1, "one app runs");
     wait_db(
         "select count(*) from public.training_jobs where user_id = $1 and status = 'completed'",
         user,

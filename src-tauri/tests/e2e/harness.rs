@@ -81,7 +81,8 @@ impl Display {
         panic!("Xvfb {name} did not come up");
     }
 
-    fn command(&self, program: &str) -> Command {
+    /// `program` on this display.
+    pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);
         command.env("DISPLAY", &self.name);
         command

@@ -120,3 +120,63 @@ impl Notifications {
             .expect("ActionInvoked sent");
     }
 }
+
+/// The tray menu of the process `pid` as `com.canonical.dbusmenu.GetLayout` gives it, in
+/// GVariant text; `None` while it has none.
+pub async fn tray_layout(pid: u32) -> Option<(String, String)> {
+    let connection = zbus::Connection::session().await.ok()?;
+    let bus = zbus::fdo::DBusProxy::new(&connection).await.ok()?;
+    for name in bus.list_names().await.ok()? {
+        if !name.starts_with(':') {
+            continue;
+        }
+        let owner = zbus::names::BusName::from(name.clone());
+        if bus.get_connection_unix_process_id(owner).await.ok() != Some(pid) {
+            continue;
+        }
+        let args = (0i32, -1i32, Vec::<String>::new());
+        let layout = connection.call_method(
+            Some(name.as_str()),
+            TRAY_MENU,
+            Some("com.canonical.dbusmenu"),
+            "GetLayout",
+            &args,
+        );
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(10), layout).await;
+        if let Ok(Ok(reply)) = reply {
+            let body = reply.body();
+            let body: zbus::zvariant::Structure<'_> = body.deserialize().ok()?;
+            return Some((name.to_string(), body.to_string()));
+        }
+    }
+    None
+}
+
+/// Where tray-icon's appindicator exports the menu of the tray with id `brightrun`.
+const TRAY_MENU: &str = "/org/ayatana/NotificationItem/tray_icon_tray_app_brightrun/Menu";
+
+/// Clicks the tray menu item labelled `label` (as a tray host does: `Event … clicked`).
+pub async fn tray_click(owner: &str, layout: &str, label: &str) {
+    let at = layout
+        .find(&format!("\"{label}\""))
+        .unwrap_or_else(|| panic!("no {label:?} in the tray menu: {layout}"));
+    let open = layout[..at].rfind("<(").expect("an item") + 2;
+    let id: i32 = layout[open..]
+        .split(',')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .expect("an item id");
+    let connection = zbus::Connection::session().await.expect("the bus");
+    let args = (id, "clicked", zbus::zvariant::Value::from(0i32), 0u32);
+    let click = connection.call_method(
+        Some(owner),
+        TRAY_MENU,
+        Some("com.canonical.dbusmenu"),
+        "Event",
+        &args,
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(10), click)
+        .await
+        .expect("the tray answers the click within 10 s")
+        .expect("the click is delivered");
+}

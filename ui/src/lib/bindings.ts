@@ -38,6 +38,8 @@ export const commands = {
 	deleteDataset: (request: DatasetRef) => typedError<Dataset, WireError>(__TAURI_INVOKE("delete_dataset", { request })),
 	getPreferences: () => typedError<Preferences, WireError>(__TAURI_INVOKE("get_preferences")),
 	setPreferences: (preferences: Preferences) => typedError<Preferences, WireError>(__TAURI_INVOKE("set_preferences", { preferences })),
+	/**  Whether this desktop shows the tray (without one, closing the window quits). */
+	trayPresent: () => typedError<boolean, WireError>(__TAURI_INVOKE("tray_present")),
 	gpuTypes: (refresh: Refresh) => typedError<Listing<GpuType>, WireError>(__TAURI_INVOKE("gpu_types", { refresh })),
 	presets: (refresh: Refresh) => typedError<Listing<TrainingPreset>, WireError>(__TAURI_INVOKE("presets", { refresh })),
 	checkJob: (draft: JobDraft) => typedError<DraftCheck, WireError>(__TAURI_INVOKE("check_job", { draft })),
