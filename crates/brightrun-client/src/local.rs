@@ -327,6 +327,29 @@ impl LocalDb {
         .transpose()
     }
 
+    /// When a job watcher last recorded a poll for `user_id` here.
+    pub async fn watched_at(&self, user_id: Uuid) -> Result<Option<DateTime<Utc>>> {
+        let row: Option<String> =
+            sqlx::query_scalar("select polled_at from watch_state where user_id = ?1")
+                .bind(user_id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|at| parse_time(&at)).transpose()
+    }
+
+    /// Records that a job watcher of `user_id` polled at `at`.
+    pub async fn mark_watched(&self, user_id: Uuid, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "insert into watch_state (user_id, polled_at) values (?1, ?2)
+             on conflict (user_id) do update set polled_at = excluded.polled_at",
+        )
+        .bind(user_id.to_string())
+        .bind(text(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Remembers who is signed in (`None`: nobody, after a sign-out).
     pub async fn set_last_account(&self, account: Option<(Uuid, Option<&str>)>) -> Result<()> {
         match account {

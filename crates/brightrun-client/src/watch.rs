@@ -308,7 +308,16 @@ pub struct JobWatcher {
     seen: HashMap<Uuid, SeenJob>,
     /// Per job whose metrics are followed, how far they were delivered.
     metrics: HashMap<Uuid, MetricsCursor>,
+    /// Jobs the local cache holds as ended after a watcher last polled here: a list refreshed
+    /// meanwhile (`brightrun jobs list` while the app was closed) put them in the cache, but no
+    /// watcher announced them. Checked against the alert claims at the first poll.
+    backlog: Vec<TrainingJob>,
+    /// When this watcher last recorded that it polled.
+    marked_at: Option<DateTime<Utc>>,
 }
+
+/// How often a watcher records that it polled (being behind is safe: claims deduplicate).
+const MARK_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
 impl JobWatcher {
     /// A watcher that resumes from the local database: jobs cached by an earlier run are known,
@@ -321,6 +330,20 @@ impl JobWatcher {
             .map(|j| (j.id, SeenJob::of(j)))
             .collect();
         let cursor = db.jobs_cursor(user_id).await?;
+        let watched = db.watched_at(user_id).await?;
+        let backlog = match watched {
+            Some(watched) => cached
+                .items
+                .into_iter()
+                .filter(|j| matches!(j.status, JobStatus::Completed | JobStatus::Failed))
+                .filter(|j| {
+                    j.completed_at
+                        .is_none_or(|at| at >= watched - CURSOR_OVERLAP)
+                })
+                .collect(),
+            // Never watched here: what the cache holds is history, not news.
+            None => Vec::new(),
+        };
         Ok(Self {
             feed,
             db,
@@ -328,6 +351,8 @@ impl JobWatcher {
             cursor,
             seen,
             metrics: HashMap::new(),
+            backlog,
+            marked_at: None,
         })
     }
 
@@ -399,9 +424,15 @@ impl JobWatcher {
         // listening when a job reaches its final state has had its last points and its alert.
         let mut events = metrics;
         // Cancelled is not here: the user did it and needs no alert.
+        let backlog = std::mem::take(&mut self.backlog);
         let ended: Vec<&TrainingJob> = fresh
             .iter()
             .filter(|job| matches!(job.status, JobStatus::Completed | JobStatus::Failed))
+            .chain(
+                backlog
+                    .iter()
+                    .filter(|b| !fresh.iter().any(|j| j.id == b.id)),
+            )
             .collect();
         let keys: Vec<String> = ended
             .iter()
@@ -461,6 +492,13 @@ impl JobWatcher {
         if self.cursor.is_none() {
             // No jobs at all yet: from now on everything is news.
             self.cursor = Some(DateTime::<Utc>::UNIX_EPOCH);
+        }
+        if self
+            .marked_at
+            .is_none_or(|at| fetched_at - at >= MARK_EVERY)
+        {
+            self.db.mark_watched(self.user_id, fetched_at).await?;
+            self.marked_at = Some(fetched_at);
         }
         Ok(events)
     }

@@ -467,3 +467,51 @@ async fn a_failed_cache_write_loses_no_alert() {
         "and not again"
     );
 }
+
+#[tokio::test]
+async fn an_outcome_a_list_cached_while_no_watcher_ran_is_still_announced_once() {
+    let (user, api) = minted("watch-list").await;
+    let pg = db().await;
+    let dataset = ready_dataset(&pg, user.id, "Listed").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = LocalDb::open(&dir.path().join("local.db"))
+        .await
+        .expect("local db");
+    let feed: Arc<dyn JobFeed> = Arc::new(api.clone());
+
+    // The app watched here once, then quit.
+    let mut watcher = JobWatcher::new(feed.clone(), local.clone(), user.id)
+        .await
+        .expect("watcher");
+    watcher.poll_once().await.expect("first poll");
+    drop(watcher);
+
+    // While it is closed a job completes, and `brightrun jobs list` caches it.
+    let job = api
+        .create_training_job(&job_input(dataset))
+        .await
+        .expect("job");
+    set_status(&pg, job.id, "completed").await;
+    let listed = api.list_jobs().await.expect("list");
+    local
+        .replace_jobs(user.id, &listed, chrono::Utc::now())
+        .await
+        .expect("the list's cache");
+
+    // The next start announces it, once.
+    let mut watcher = JobWatcher::new(feed.clone(), local.clone(), user.id)
+        .await
+        .expect("watcher");
+    let events = watcher.poll_once().await.expect("poll");
+    let raised: Vec<Uuid> = alerts(&events).into_iter().map(|a| a.0).collect();
+    assert_eq!(raised, vec![job.id], "announced: {events:?}");
+    assert!(alerts(&watcher.poll_once().await.expect("poll")).is_empty());
+    drop(watcher);
+    let mut watcher = JobWatcher::new(feed, local, user.id)
+        .await
+        .expect("watcher");
+    assert!(
+        alerts(&watcher.poll_once().await.expect("poll")).is_empty(),
+        "not again after another restart"
+    );
+}
