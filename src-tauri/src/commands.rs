@@ -379,17 +379,15 @@ pub async fn download_model(
     Ok(result?)
 }
 
-/// The folder a model downloads into unless the user picks another: `<download folder>/<model
+/// The folder `model` (as the window shows it) downloads into unless the user picks another: `<download folder>/<model
 /// name>`, the download folder being the preferences' choice or `~/Downloads/BrightRun`.
 #[tauri::command]
 #[specta::specta]
 pub async fn model_folder(
     shell: State<'_, Shell>,
-    request: ModelRef,
+    model: ModelArtifact,
 ) -> Answer<std::path::PathBuf> {
-    let app = shell.app().await?;
-    let model = models::show(&app, request).await?;
-    Ok(models::default_dir(&app, &model).await?)
+    Ok(models::default_dir(&*shell.app().await?, &model).await?)
 }
 
 /// Opens a folder (a downloaded model's) in the file manager.

@@ -65,10 +65,10 @@ export const commands = {
 	 */
 	downloadModel: (request: DownloadModel, transfer: string, progress: Channel<Progress>) => typedError<DownloadedModel, WireError>(__TAURI_INVOKE("download_model", { request, transfer, progress })),
 	/**
-	 *  The folder a model downloads into unless the user picks another: `<download folder>/<model
+	 *  The folder `model` (as the window shows it) downloads into unless the user picks another: `<download folder>/<model
 	 *  name>`, the download folder being the preferences' choice or `~/Downloads/BrightRun`.
 	 */
-	modelFolder: (request: ModelRef) => typedError<string, WireError>(__TAURI_INVOKE("model_folder", { request })),
+	modelFolder: (model: ModelArtifact) => typedError<string, WireError>(__TAURI_INVOKE("model_folder", { model })),
 	/**  Opens a folder (a downloaded model's) in the file manager. */
 	openFolder: (path: string) => typedError<null, WireError>(__TAURI_INVOKE("open_folder", { path })),
 	listNotifications: (request: ListNotifications) => typedError<Notification[], WireError>(__TAURI_INVOKE("list_notifications", { request })),
