@@ -182,16 +182,15 @@ async fn one_notification_per_outcome_even_across_restarts() {
 
     // The tray lists a running job; its "Open BrightRun" shows the window on the jobs.
     let pid = u32::try_from(app_pids(&data)[0]).expect("a pid");
-    let (owner, layout) = app
-        .until("a running job in the tray menu", MINUTE, || async {
-            tray_layout(pid).await.filter(|(_, layout)| {
-                jobs.iter()
-                    .any(|j| layout.contains(&format!("Job {}", &j[..8])))
-            })
+    app.until("a running job in the tray menu", MINUTE, || async {
+        tray_layout(pid).await.filter(|(_, layout)| {
+            jobs.iter()
+                .any(|j| layout.contains(&format!("Job {}", &j[..8])))
         })
-        .await;
+    })
+    .await;
     app.click("nav a[href='#/datasets']").await;
-    tray_click(&owner, &layout, "Open BrightRun").await;
+    tray_click(pid, "Open BrightRun").await;
     app.until("the jobs opened from the tray", MINUTE, || async {
         let url = app.client.current_url().await.ok()?;
         url.fragment().filter(|f| *f == "/jobs").map(|_| ())

@@ -155,28 +155,34 @@ pub async fn tray_layout(pid: u32) -> Option<(String, String)> {
 /// Where tray-icon's appindicator exports the menu of the tray with id `brightrun`.
 const TRAY_MENU: &str = "/org/ayatana/NotificationItem/tray_icon_tray_app_brightrun/Menu";
 
-/// Clicks the tray menu item labelled `label` (as a tray host does: `Event … clicked`).
-pub async fn tray_click(owner: &str, layout: &str, label: &str) {
-    let at = layout
-        .find(&format!("\"{label}\""))
-        .unwrap_or_else(|| panic!("no {label:?} in the tray menu: {layout}"));
-    let open = layout[..at].rfind("<(").expect("an item") + 2;
-    let id: i32 = layout[open..]
-        .split(',')
-        .next()
-        .and_then(|n| n.trim().parse().ok())
-        .expect("an item id");
-    let connection = zbus::Connection::session().await.expect("the bus");
-    let args = (id, "clicked", zbus::zvariant::Value::from(0i32), 0u32);
-    let click = connection.call_method(
-        Some(owner),
-        TRAY_MENU,
-        Some("com.canonical.dbusmenu"),
-        "Event",
-        &args,
-    );
-    tokio::time::timeout(std::time::Duration::from_secs(10), click)
-        .await
-        .expect("the tray answers the click within 10 s")
-        .expect("the click is delivered");
+/// Clicks the tray menu item labelled `label` of the process `pid` (as a tray host does:
+/// `Event … clicked`). The menu is rebuilt when its jobs change, which renumbers its items and
+/// leaves a click on an old number unanswered: each try reads the menu afresh (3 at most).
+pub async fn tray_click(pid: u32, label: &str) {
+    for _ in 0..3 {
+        let (owner, layout) = tray_layout(pid).await.expect("a tray menu");
+        let at = layout
+            .find(&format!("\"{label}\""))
+            .unwrap_or_else(|| panic!("no {label:?} in the tray menu: {layout}"));
+        let open = layout[..at].rfind("<(").expect("an item") + 2;
+        let id: i32 = layout[open..]
+            .split(',')
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .expect("an item id");
+        let connection = zbus::Connection::session().await.expect("the bus");
+        let args = (id, "clicked", zbus::zvariant::Value::from(0i32), 0u32);
+        let click = connection.call_method(
+            Some(owner.as_str()),
+            TRAY_MENU,
+            Some("com.canonical.dbusmenu"),
+            "Event",
+            &args,
+        );
+        if let Ok(answer) = tokio::time::timeout(std::time::Duration::from_secs(5), click).await {
+            answer.expect("the click is delivered");
+            return;
+        }
+    }
+    panic!("the tray answered none of three clicks on {label:?}");
 }
