@@ -103,6 +103,17 @@ impl Shell {
         Ok(app)
     }
 
+    /// Opens the project's local database and restores the keychain's session while the window
+    /// is still loading, so that its first questions (who is signed in, the cached lists) find
+    /// them ready. Failures are left for those questions to report.
+    pub async fn warm_up(&self) {
+        if let Ok(app) = self.app().await {
+            tracing::debug!("warm-up: local database open");
+            let _ = app.session().await;
+            tracing::debug!("warm-up: session restored");
+        }
+    }
+
     /// Whether the app has a tray (without one, closing the window quits).
     pub fn has_tray(&self) -> bool {
         self.tray.load(std::sync::atomic::Ordering::Relaxed)
@@ -133,6 +144,9 @@ impl Shell {
         let notify = self.notify.clone();
         let curves = self.curves.clone();
         let mut visibility = self.visibility.subscribe();
+        // Whatever was set before watching began (an app started in the tray) holds from the
+        // first poll: `changed()` reports only what comes after.
+        stream.set_visibility(*visibility.borrow_and_update());
         let task = tokio::spawn(async move {
             // What ended before watching began (while the app was closed) is one notification.
             let started = chrono::Utc::now();

@@ -19,11 +19,13 @@ export class Datasets {
   onChanged: (dataset: Dataset) => void = () => {};
 
   async start(): Promise<void> {
-    await events.datasetChanged.listen(({ payload }) => {
+    // The listener and the cached list go out together (start-up time); a change that lands
+    // before the listener is in place is in the server's list that follows the cache.
+    const listening = events.datasetChanged.listen(({ payload }) => {
       this.upsert(payload.dataset);
       this.onChanged(payload.dataset);
     });
-    await this.load();
+    await Promise.all([listening, this.load()]);
   }
 
   /** The cache first, then the server. */

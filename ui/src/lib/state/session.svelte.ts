@@ -18,23 +18,28 @@ export class Session {
 
   /** Reads the project and the session; listens for changes made elsewhere in the window. */
   async start(): Promise<void> {
-    await events.sessionChanged.listen(({ payload }) => {
+    // Listening and the first questions go out together: each is a round trip to the shell,
+    // and nothing announces a session change before the window has asked.
+    const listening = events.sessionChanged.listen(({ payload }) => {
       this.account = payload.account;
       this.phase = payload.account ? "signed-in" : "signed-out";
     });
-    await this.load();
+    await Promise.all([listening, this.load()]);
   }
 
   async load(): Promise<void> {
     this.error = null;
     try {
+      // Asked together (start-up time); the session's answer counts only once a project is chosen.
+      const session = call(commands.sessionStatus());
+      session.catch(() => {});
       const project = await call(commands.projectStatus());
       this.project = project;
       if (!project.chosen) {
         this.phase = "first-run";
         return;
       }
-      const status = await call(commands.sessionStatus());
+      const status = await session;
       this.account = status.account;
       this.offline = status.offline;
       this.phase = status.account ? "signed-in" : "signed-out";
