@@ -40,6 +40,7 @@ pub fn specta_builder<R: Runtime>() -> Builder<R> {
             commands::get_preferences,
             commands::set_preferences,
             commands::tray_present,
+            commands::mark_painted,
             commands::gpu_types,
             commands::presets,
             commands::check_job,

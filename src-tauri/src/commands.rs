@@ -248,6 +248,20 @@ pub async fn tray_present(shell: State<'_, Shell>) -> Answer<bool> {
     Ok(shell.has_tray())
 }
 
+/// A start-up mark for the whole-process benchmarks (`cargo xtask bench desktop`): the window
+/// calls it once a list is on screen; with `BRIGHTRUN_PAINT_MARKS` set it prints `painted
+/// <what>` on stdout, as the benchmark's hello-world anchor does. Otherwise it does nothing.
+#[tauri::command]
+#[specta::specta]
+pub fn mark_painted(what: String) {
+    use std::io::Write as _;
+    if std::env::var_os("BRIGHTRUN_PAINT_MARKS").is_some() {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "painted {what}");
+        let _ = out.flush();
+    }
+}
+
 // --- Jobs ------------------------------------------------------------------------------------
 
 #[tauri::command]

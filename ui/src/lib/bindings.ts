@@ -40,6 +40,12 @@ export const commands = {
 	setPreferences: (preferences: Preferences) => typedError<Preferences, WireError>(__TAURI_INVOKE("set_preferences", { preferences })),
 	/**  Whether this desktop shows the tray (without one, closing the window quits). */
 	trayPresent: () => typedError<boolean, WireError>(__TAURI_INVOKE("tray_present")),
+	/**
+	 *  A start-up mark for the whole-process benchmarks (`cargo xtask bench desktop`): the window
+	 *  calls it once a list is on screen; with `BRIGHTRUN_PAINT_MARKS` set it prints `painted
+	 *  <what>` on stdout, as the benchmark's hello-world anchor does. Otherwise it does nothing.
+	 */
+	markPainted: (what: string) => __TAURI_INVOKE<void>("mark_painted", { what }),
 	gpuTypes: (refresh: Refresh) => typedError<Listing<GpuType>, WireError>(__TAURI_INVOKE("gpu_types", { refresh })),
 	presets: (refresh: Refresh) => typedError<Listing<TrainingPreset>, WireError>(__TAURI_INVOKE("presets", { refresh })),
 	checkJob: (draft: JobDraft) => typedError<DraftCheck, WireError>(__TAURI_INVOKE("check_job", { draft })),
