@@ -20,6 +20,7 @@ pub mod tray;
 use std::sync::Arc;
 
 use tauri::{AppHandle, Manager as _, RunEvent, Runtime};
+use tauri_plugin_window_state::StateFlags;
 
 use crate::events::Notice;
 use crate::shell::Shell;
@@ -40,6 +41,9 @@ pub fn install<R: Runtime>(handle: &AppHandle<R>, settings: project::Settings) {
     let notify: shell::Notify = Arc::new(move |notice: Notice| notice.emit(&emitter));
     handle.manage(Shell::new(settings, notify));
 }
+
+/// The argument with which start-at-login launches the app: watching from the tray, no window.
+const BACKGROUND: &str = "--background";
 
 /// Runs the app until the user quits; stops the sandbox it started.
 pub fn run() {
@@ -62,14 +66,36 @@ pub fn run() {
         .build();
     let app = builder(tauri::Builder::default().plugin(single))
         // The window's size and position, as the user left them.
-        .plugin(tauri_plugin_window_state::Builder::default().build())
+        // The window's size and position, as the user left them (not whether it was shown: a
+        // start at login opens none).
+        .plugin(
+            tauri_plugin_window_state::Builder::default()
+                .with_state_flags(StateFlags::all() - StateFlags::VISIBLE)
+                .build(),
+        )
+        // Start at login (a setting): the login session starts the app in the tray.
+        .plugin(tauri_plugin_autostart::init(
+            tauri_plugin_autostart::MacosLauncher::LaunchAgent,
+            Some(vec![BACKGROUND]),
+        ))
         .setup(move |app| {
             install(app.handle(), settings);
+            let handle = app.handle().clone();
+            tauri::async_runtime::spawn(async move { handle.state::<Shell>().warm_up().await });
             let tray = tray::install(app.handle());
             if !tray {
                 tracing::info!("running without a tray: closing the window quits");
             }
-            app.state::<Shell>().set_tray(tray);
+            let shell = app.state::<Shell>();
+            shell.set_tray(tray);
+            // Started by the login session, with a tray to open it from: no window, and the
+            // watcher at its background cadence.
+            if tray && std::env::args().any(|a| a == BACKGROUND) {
+                if let Some(window) = app.get_webview_window("main") {
+                    window.hide()?;
+                }
+                shell.set_visibility(brightrun_client::watch::Visibility::Background);
+            }
             Ok(())
         })
         .on_window_event(|window, event| {

@@ -38,6 +38,23 @@ fn cli(data: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
+/// The id of the display's root window, as xdotool prints window ids (decimal).
+fn xwininfo_root(display: &Display) -> String {
+    let out = display
+        .command("xwininfo")
+        .arg("-root")
+        .output()
+        .expect("xwininfo runs (apt-get install x11-utils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text
+        .split_whitespace()
+        .find(|w| w.starts_with("0x"))
+        .unwrap_or_else(|| panic!("a window id in {text}"));
+    u64::from_str_radix(hex.trim_start_matches("0x"), 16)
+        .expect("a hex id")
+        .to_string()
+}
+
 /// Polls the database until `sql` (one bound uuid) returns `want`.
 async fn wait_db(sql: &str, bind: Uuid, want: i64, what: &str) {
     let db = stack().db().await;
@@ -197,7 +214,15 @@ async fn one_notification_per_outcome_even_across_restarts() {
     })
     .await;
 
-    // A second launch leaves the first alone and ends.
+    // A second launch leaves the first alone, gives it the keyboard focus, and ends. The focus
+    // is first moved to the root window (there is no window manager under Xvfb: the X input
+    // focus is what GTK's present() sets).
+    let root = xwininfo_root(&display);
+    display.xdotool(&["windowfocus", &root]);
+    app.until("the focus on the root window", MINUTE, || async {
+        (display.xdotool(&["getwindowfocus", "-f"]) != app.window).then_some(())
+    })
+    .await;
     let second = display
         .command(&required("BRIGHTRUN_E2E_APP"))
         .env("BRIGHTRUN_DATA_DIR", &data)
@@ -220,6 +245,19 @@ async fn one_notification_per_outcome_even_across_restarts() {
         "the second launch exits cleanly: {status}"
     );
     assert_eq!(app_pids(&data).len(), 1, "one app runs");
+    // Polled until it holds or a minute passes; then the last answer is what is asserted.
+    let deadline = tokio::time::Instant::now() + MINUTE;
+    let focused = loop {
+        let now = display.xdotool(&["getwindowfocus", "-f"]);
+        if now == app.window || tokio::time::Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        focused, app.window,
+        "the second launch gave the first window the focus"
+    );
     wait_db(
         "select count(*) from public.training_jobs where user_id = $1 and status = 'completed'",
         user,

@@ -138,6 +138,17 @@ pub struct Launch<'a> {
 }
 
 /// Where the local sandbox of the app with data in `data_dir` keeps its stack.
+/// The home directory the app launched with `data_dir` sees (created on first use).
+pub fn home_dir(data_dir: &Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("app");
+    let home = data_dir.with_file_name(format!("{name}.home"));
+    let _ = std::fs::create_dir_all(&home);
+    home
+}
+
 pub fn sandbox_dir(data_dir: &Path) -> PathBuf {
     let name = data_dir
         .file_name()
@@ -170,6 +181,9 @@ impl App {
             .env("BRIGHTRUN_DATA_DIR", launch.data_dir)
             // Never the developer's own local stack: a sandbox the app starts lives here.
             .env("BRIGHTRUN_STACK_DATA", sandbox_dir(launch.data_dir))
+            // A home of its own: what the app writes there (the login item, WebKit's caches,
+            // the window's state) stays in the test's folder.
+            .env("HOME", home_dir(launch.data_dir))
             .env("WEBKIT_DISABLE_COMPOSITING_MODE", "1")
             .env_remove("BRIGHTRUN_URL")
             .env_remove("BRIGHTRUN_ANON_KEY")

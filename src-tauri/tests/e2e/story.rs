@@ -351,6 +351,32 @@ async fn the_desktop_app_end_to_end() {
     app.click("a[href='#/settings']").await;
     app.wait_for_text("Sign out", MINUTE).await;
     shoot(&display, &app, "settings").await;
+    // Start at login: the session's autostart entry appears, starting the app in the tray
+    // (`--background`); unticked, it goes.
+    let autostart = crate::harness::home_dir(&data).join(".config/autostart");
+    let entry = || {
+        std::fs::read_dir(&autostart)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "desktop"))
+    };
+    app.click("input[name='start-at-login']").await;
+    let written = app
+        .until("the autostart entry", MINUTE, || async {
+            entry().and_then(|p| std::fs::read_to_string(p).ok())
+        })
+        .await;
+    assert!(
+        written.contains("Exec=") && written.contains("--background"),
+        "the entry starts the app in the tray: {written}"
+    );
+    app.click("input[name='start-at-login']").await;
+    app.until("the autostart entry removed", MINUTE, || async {
+        entry().is_none().then_some(())
+    })
+    .await;
     app.click("section[aria-label='Account'] button").await;
     app.wait_for_text("Sign in", MINUTE).await;
     assert_eq!(
