@@ -22,11 +22,17 @@ pub enum Which {
     Storage,
     /// The candle CPU trainer on the demo job vs the same job in PyTorch + PEFT.
     Trainer,
+    /// The desktop app as a whole process vs a hello-world Tauri 2 app: start-up, notification
+    /// latency, memory and CPU with ten jobs running (not part of `all`: it takes ~15 minutes).
+    Desktop,
     All,
 }
 
-pub fn run(which: Which) -> Result<ExitCode> {
+pub fn run(which: Which, minutes: u64, steady_only: bool) -> Result<ExitCode> {
     setup::ensure_system_packages()?;
+    if matches!(which, Which::Desktop) {
+        return crate::desktop_bench::run(minutes, steady_only).map(|()| ExitCode::SUCCESS);
+    }
     if matches!(which, Which::Trainer | Which::All) {
         trainer()?;
     }

@@ -4,7 +4,10 @@
 //! committed lockfiles), starts the real services it uses and stops them again.
 
 mod bench;
+mod bundle;
 mod desktop;
+mod desktop_bench;
+mod display;
 mod models;
 mod setup;
 mod stack;
@@ -44,9 +47,26 @@ enum Command {
     Bench {
         #[arg(value_enum, default_value = "all")]
         which: bench::Which,
+        /// `desktop`: how long the ten jobs run before memory is read (CPU is averaged over the
+        /// last 5 minutes).
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// `desktop`: only the steady state (memory and CPU), not start-up and latency.
+        #[arg(long)]
+        steady_only: bool,
     },
     /// Build the window and the debug desktop app; prints the app's path as the last line.
     App,
+    /// The desktop app as a Debian package (Tauri's bundler), with the stack, the worker and the
+    /// CLI beside it; prints the .deb's path as the last line.
+    Bundle {
+        /// Then install it with apt-get, start it on the local sandbox, and remove it again.
+        #[arg(long)]
+        check: bool,
+        /// A debug build inside the package (quicker to build; for checking the packaging).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Render icons/source.svg into the app's icon set.
     Icons,
     /// Write ui/src/lib/bindings.ts from the desktop shell's commands, events and types.
@@ -67,10 +87,21 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Command::Stack { args } => stack::run_foreground(&args),
-        Command::Bench { which } => bench::run(which),
+        Command::Bench {
+            which,
+            minutes,
+            steady_only,
+        } => bench::run(which, minutes, steady_only),
         Command::App => desktop::build_app().map(|path| {
             println!("{}", path.display());
             ExitCode::SUCCESS
+        }),
+        Command::Bundle { check, debug } => bundle::build(!debug, false).and_then(|deb| {
+            if check {
+                bundle::check(&deb)?;
+            }
+            println!("{}", deb.display());
+            Ok(ExitCode::SUCCESS)
         }),
         Command::Bindings => desktop::bindings().map(|()| ExitCode::SUCCESS),
         Command::Icons => desktop::icons().map(|()| ExitCode::SUCCESS),
@@ -98,6 +129,7 @@ fn test(lint: bool) -> Result<ExitCode> {
     setup::ensure_npm_packages()?;
 
     let mut outcomes = Vec::new();
+    let mut skipped: Vec<&str> = Vec::new();
     if lint {
         outcomes.push(Outcome {
             step: "cargo fmt --check",
@@ -150,15 +182,35 @@ fn test(lint: bool) -> Result<ExitCode> {
             passed: setup::npm_test("conformance", &env)?,
         });
         stack.stop()?;
+        // The .deb as a user installs it (a debug build inside: the packaging is what is
+        // checked; `cargo xtask bundle` makes the release one). It installs a package on this
+        // machine, so it needs root or passwordless sudo (CI runs as root).
+        if bundle::can_install() {
+            outcomes.push(Outcome {
+                step: "package (.deb: install, start, remove)",
+                passed: bundle::build(false, true)
+                    .and_then(|deb| bundle::check(&deb))
+                    .inspect_err(|e| eprintln!("xtask: {e:#}"))
+                    .is_ok(),
+            });
+        } else {
+            eprintln!(
+                "xtask: NOT RUN: the package check installs a .deb and needs root or passwordless sudo"
+            );
+            skipped.push("package (.deb): needs root or sudo");
+        }
     }
 
     eprintln!("\nxtask test summary:");
     for o in &outcomes {
         eprintln!(
-            "  {:<28} {}",
+            "  {:<40} {}",
             o.step,
             if o.passed { "ok" } else { "FAILED" }
         );
+    }
+    for s in &skipped {
+        eprintln!("  NOT RUN: {s}");
     }
     Ok(if outcomes.iter().all(|o| o.passed) {
         ExitCode::SUCCESS
