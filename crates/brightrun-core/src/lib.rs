@@ -32,4 +32,4 @@ pub use dataset::{
 };
 pub use draft::{DraftError, HyperparameterOverrides, JobDraft};
 pub use model::*;
-pub use tokenizer::{ByteTokenizer, TiktokenTokenizer, Tokenizer};
+pub use tokenizer::{BpeOpenAiTokenizer, ByteTokenizer, TiktokenTokenizer, Tokenizer};

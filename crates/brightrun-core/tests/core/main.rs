@@ -8,4 +8,5 @@ mod detect;
 mod draft;
 mod model;
 mod props;
+mod tokenizer;
 mod validator;
