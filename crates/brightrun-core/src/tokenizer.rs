@@ -76,8 +76,9 @@ impl Tokenizer for TiktokenTokenizer {
 
 /// cl100k_base counted by the `bpe-openai` crate (github/rust-gems): the same ranks as
 /// [`TiktokenTokenizer`], each piece counted by the `bpe` crate's backtracking encoder, which
-/// returns no token list and is several times faster than tiktoken-rs's `count_ordinary` (a full
-/// `encode_ordinary`, then its length). It splits text into pieces with its own rewrite of
+/// returns no token list: on message-sized texts about twice as fast as tiktoken-rs's
+/// `count_ordinary` (a full `encode_ordinary`, then its length), and validation with it about
+/// twice as fast end to end (docs/benchmarks.md). It splits text into pieces with its own rewrite of
 /// tiktoken's regex (`regex-automata`, no look-around), so its counts are only as good as that
 /// rewrite: `tests/core/tokenizer.rs` compares them with tiktoken-rs, which stays the reference,
 /// on a multilingual, emoji, whitespace and code corpus and on generated strings. The rewrite
