@@ -2,7 +2,8 @@
 //! report as the single-threaded pass, whatever the thread count.
 //!
 //! The calling thread reads lines ([`LineReader`], the one line splitter), copies them into
-//! batches of a few MiB and hands each batch to a worker thread, which checks its lines with its
+//! batches (`ValidationOptions::batch_bytes`, at most the progress interval: 1 MiB by default)
+//! and hands each batch to a worker thread, which checks its lines with its
 //! own batch [`Validator`] (the one implementation of every per-line rule). The calling thread
 //! then merges the checked batches strictly in file order ([`Validator::absorb`]), which is where
 //! everything that depends on earlier lines is settled:
