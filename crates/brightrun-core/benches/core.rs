@@ -1,15 +1,19 @@
-//! Throughput of the hot paths: validating a generated ~100 MB dataset from memory (MB/s, with
-//! the real cl100k tokenizer and with the byte tokenizer, to separate parsing from BPE), and
-//! rendering 100k metric points to SVG (light, dark with a log axis) and PNG, beside the peer:
-//! plotters drawing the same 100k points as one `LineSeries`, without our decimation.
+//! Throughput of the hot paths: validating a generated ~100 MB dataset from memory on one thread
+//! (MB/s, with the real cl100k tokenizer and with the byte tokenizer, to separate parsing from
+//! BPE); validating a ~50 MB one on one thread and on every core; counting cl100k tokens with
+//! tiktoken-rs and with bpe-openai on the same texts; and rendering 100k metric points to SVG
+//! (light, dark with a log axis) and PNG, beside the peer: plotters drawing the same 100k points
+//! as one `LineSeries`, without our decimation.
 //!
-//! Run with `cargo bench -p brightrun-core --bench core` (charts only: `-- chart_100k`).
+//! Run with `cargo bench -p brightrun-core --bench core` (one group: `-- chart_100k`,
+//! `-- validate_50mb`, `-- count_tokens`).
 
 use std::hint::black_box;
 
 use brightrun_core::chart::{Chart, ChartKind, ChartSize, ChartStyle, ChartTheme};
 use brightrun_core::{
-    ByteTokenizer, MetricsPoint, TiktokenTokenizer, Tokenizer, ValidationOptions, validate,
+    BpeOpenAiTokenizer, ByteTokenizer, MetricsPoint, TiktokenTokenizer, Tokenizer,
+    ValidationOptions, validate,
 };
 use chrono::{TimeZone, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -72,6 +76,88 @@ fn dataset(target_bytes: usize) -> Vec<u8> {
     out
 }
 
+/// The same ~50 MB file on one thread and on every core (`threads: None`), with each cl100k
+/// counter: the multi-threaded report is the single-threaded one (tests/core/parallel.rs), so
+/// this measures only the speed-up.
+fn validation_threads(c: &mut Criterion) {
+    let data = dataset(50 * 1024 * 1024);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut group = c.benchmark_group("validate_50mb");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(data.len() as u64));
+    let tokenizers: [(&str, Box<dyn Tokenizer>); 2] = [
+        ("tiktoken_rs", Box::new(TiktokenTokenizer::cl100k_base())),
+        ("bpe_openai", Box::new(BpeOpenAiTokenizer::cl100k_base())),
+    ];
+    for (name, tokenizer) in &tokenizers {
+        for threads in [1, cores] {
+            let options = ValidationOptions {
+                threads: Some(threads),
+                ..ValidationOptions::default()
+            };
+            group.bench_function(format!("{name}/threads_{threads}"), |b| {
+                b.iter(|| validate(black_box(data.as_slice()), &options, tokenizer.as_ref()))
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Message texts as the validator counts them, one call per message: the generated chat
+/// contents plus multilingual, emoji, code and whitespace-heavy texts.
+fn message_texts(target_bytes: usize) -> Vec<String> {
+    let extra = [
+        "我们今天去公园散步，天气很好。你吃饭了吗？",
+        "مرحبا بالعالم، كيف حالك اليوم؟ أنا بخير، شكراً.",
+        "नमस्ते दुनिया, आप कैसे हैं? मैं ठीक हूँ।",
+        "Ça va? Über naïve café résumé Ångström façade 👍🏽 👨‍👩‍👧‍👦 🇫🇷🇯🇵",
+        "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
+        "{\"a\": [1, 2.5, -3e10, null], \"b\": {\"c\": \"d\"}}\n\n\t\t    \n",
+    ];
+    let data = dataset(target_bytes);
+    let mut texts = Vec::new();
+    for (i, line) in data.split(|&b| b == b'\n').enumerate() {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        let messages = value["messages"].as_array().cloned().unwrap_or_default();
+        for message in messages {
+            if let Some(text) = message["content"].as_str() {
+                texts.push(text.to_owned());
+            }
+        }
+        texts.push(extra[i % extra.len()].to_owned());
+    }
+    texts
+}
+
+/// tiktoken-rs's `count_ordinary` (encodes, then counts) against bpe-openai's `count` on the
+/// same texts; both are cl100k_base and give the same counts (tests/core/tokenizer.rs).
+fn token_counting(c: &mut Criterion) {
+    let texts = message_texts(4 * 1024 * 1024);
+    let bytes: usize = texts.iter().map(String::len).sum();
+    let mut group = c.benchmark_group("count_tokens");
+    group.sample_size(20);
+    group.throughput(Throughput::Bytes(bytes as u64));
+    let tokenizers: [(&str, Box<dyn Tokenizer>); 2] = [
+        ("tiktoken_rs", Box::new(TiktokenTokenizer::cl100k_base())),
+        ("bpe_openai", Box::new(BpeOpenAiTokenizer::cl100k_base())),
+    ];
+    for (name, tokenizer) in &tokenizers {
+        // The first call loads the tables; keep that out of the measurement.
+        tokenizer.count_tokens("warm up");
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                black_box(&texts)
+                    .iter()
+                    .map(|text| tokenizer.count_tokens(text))
+                    .sum::<u64>()
+            })
+        });
+    }
+    group.finish();
+}
+
 fn metrics(count: i64) -> Vec<MetricsPoint> {
     (0..count)
         .map(|step| MetricsPoint {
@@ -96,7 +182,10 @@ fn metrics(count: i64) -> Vec<MetricsPoint> {
 
 fn validation(c: &mut Criterion) {
     let data = dataset(100 * 1024 * 1024);
-    let options = ValidationOptions::default();
+    let options = ValidationOptions {
+        threads: Some(1),
+        ..ValidationOptions::default()
+    };
     let mut group = c.benchmark_group("validate_100mb");
     group.sample_size(10);
     group.throughput(Throughput::Bytes(data.len() as u64));
@@ -167,5 +256,11 @@ fn plotters_every_point(points: &[MetricsPoint], size: ChartSize) -> String {
     svg
 }
 
-criterion_group!(benches, validation, charts);
+criterion_group!(
+    benches,
+    validation,
+    validation_threads,
+    token_counting,
+    charts
+);
 criterion_main!(benches);

@@ -4,9 +4,11 @@
 //! cost model, and the chart renderer for training curves.
 //!
 //! What this crate must not do: any I/O of its own. No network, no files, no clock, no randomness,
-//! no threads. Datasets arrive as any [`std::io::Read`] the caller opened, results leave as values
-//! (reports, SVG strings, PNG bytes); time and randomness are passed in. That keeps it pure, fast
-//! to test, and usable unchanged from the desktop app, the CLI and the worker.
+//! no thread that outlives a call. Datasets arrive as any [`std::io::Read`] the caller opened,
+//! results leave as values (reports, SVG strings, PNG bytes); time and randomness are passed in.
+//! That keeps it pure, fast to test, and usable unchanged from the desktop app, the CLI and the
+//! worker. (The validator checks lines on scoped threads, which have all ended when it returns;
+//! `ValidationOptions::threads: Some(1)` starts none.)
 //!
 //! What it is not: the authority on money or state. Cost estimates and validation results here are
 //! previews for speed; the server (PostgreSQL functions and the worker) decides.
@@ -32,4 +34,4 @@ pub use dataset::{
 };
 pub use draft::{DraftError, HyperparameterOverrides, JobDraft};
 pub use model::*;
-pub use tokenizer::{ByteTokenizer, TiktokenTokenizer, Tokenizer};
+pub use tokenizer::{BpeOpenAiTokenizer, ByteTokenizer, TiktokenTokenizer, Tokenizer};

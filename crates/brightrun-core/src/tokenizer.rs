@@ -1,5 +1,9 @@
 //! Token counting behind a small trait, so statistics and the context-length check use a real
 //! tokenizer (not a bytes ÷ 4 guess) and a model-specific one can be plugged in.
+//!
+//! cl100k_base has two implementations with the same counts: [`BpeOpenAiTokenizer`], the fast
+//! default for statistics, and [`TiktokenTokenizer`], the reference it is tested against
+//! (`tests/core/tokenizer.rs`) and the one for o200k_base.
 
 use tiktoken_rs::CoreBPE;
 
@@ -43,7 +47,7 @@ impl TiktokenTokenizer {
         Self { bpe, encoding }
     }
 
-    /// The default tokenizer for statistics.
+    /// cl100k_base, the reference for [`BpeOpenAiTokenizer`]'s counts.
     pub fn cl100k_base() -> Self {
         Self::new(TiktokenEncoding::Cl100kBase)
     }
@@ -67,6 +71,50 @@ impl Tokenizer for TiktokenTokenizer {
 
     fn count_tokens(&self, text: &str) -> u64 {
         self.bpe.count_ordinary(text) as u64
+    }
+}
+
+/// cl100k_base counted by the `bpe-openai` crate (github/rust-gems): the same ranks as
+/// [`TiktokenTokenizer`], each piece counted by the `bpe` crate's backtracking encoder, which
+/// returns no token list: on message-sized texts about twice as fast as tiktoken-rs's
+/// `count_ordinary` (a full `encode_ordinary`, then its length), and validation with it about
+/// twice as fast end to end (docs/benchmarks.md). It splits text into pieces with its own rewrite of
+/// tiktoken's regex (`regex-automata`, no look-around), so its counts are only as good as that
+/// rewrite: `tests/core/tokenizer.rs` compares them with tiktoken-rs, which stays the reference,
+/// on a multilingual, emoji, whitespace and code corpus and on generated strings. The rewrite
+/// follows tiktoken's original pattern and tiktoken-rs 0.12 the newer one, which splits a
+/// trailing whitespace run after a line break differently; no cl100k token spans that cut, so the
+/// counts agree (a test checks the vocabulary for it).
+#[derive(Clone, Copy)]
+pub struct BpeOpenAiTokenizer {
+    bpe: &'static bpe_openai::Tokenizer,
+}
+
+impl BpeOpenAiTokenizer {
+    /// cl100k_base: the default tokenizer for statistics. The first use deserializes the prebuilt
+    /// tables once; later uses share them.
+    pub fn cl100k_base() -> Self {
+        Self {
+            bpe: bpe_openai::cl100k_base(),
+        }
+    }
+}
+
+impl std::fmt::Debug for BpeOpenAiTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BpeOpenAiTokenizer")
+            .field("encoding", &TiktokenEncoding::Cl100kBase)
+            .finish()
+    }
+}
+
+impl Tokenizer for BpeOpenAiTokenizer {
+    fn name(&self) -> &str {
+        "cl100k_base"
+    }
+
+    fn count_tokens(&self, text: &str) -> u64 {
+        self.bpe.count(text) as u64
     }
 }
 

@@ -14,7 +14,7 @@ use brightrun_core::dataset::{
     ValidationReport, validate_with_progress,
 };
 use brightrun_core::model::DatasetFormat;
-use brightrun_core::tokenizer::TiktokenTokenizer;
+use brightrun_core::tokenizer::BpeOpenAiTokenizer;
 use serde_json::Value;
 
 use crate::trainer::{Role, Turn};
@@ -111,7 +111,7 @@ pub async fn validate_object(
             head: Vec::new(),
             newlines: 0,
         };
-        let tokenizer = TiktokenTokenizer::cl100k_base();
+        let tokenizer = BpeOpenAiTokenizer::cl100k_base();
         let options = ValidationOptions::default();
         let report = validate_with_progress(&mut tap, &options, &tokenizer, &mut |_| {
             if stop.load(Ordering::Relaxed) {

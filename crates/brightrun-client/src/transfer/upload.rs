@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use brightrun_core::dataset::validate_with_progress;
 use brightrun_core::{
-    CreateDatasetInput, Dataset, DatasetFormat, TiktokenTokenizer, ValidationOptions,
+    BpeOpenAiTokenizer, CreateDatasetInput, Dataset, DatasetFormat, ValidationOptions,
     ValidationReport,
 };
 use brightrun_supabase::tus::{ResumableUpload, TusAuth, TusHooks, TusMetadata, TusOptions};
@@ -543,7 +543,7 @@ pub async fn validate_file(
         };
         let mut meter = Meter::new(progress, before.len());
         meter.phase(Phase::Validating, 0, before.len());
-        let tokenizer = TiktokenTokenizer::cl100k_base();
+        let tokenizer = BpeOpenAiTokenizer::cl100k_base();
         let report = validate_with_progress(&mut reader, &options, &tokenizer, &mut |p| {
             meter.set(p.bytes_read);
             if cancel.is_cancelled() {

@@ -5,6 +5,7 @@
 mod convert;
 mod detect;
 mod lines;
+mod parallel;
 mod report;
 mod validate;
 

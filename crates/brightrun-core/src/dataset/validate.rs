@@ -1,7 +1,9 @@
 //! The streaming validator: one pass over any reader, bounded memory, every error collected.
+//! With more than one thread, batches of lines are checked in parallel and merged into the same
+//! report (see `parallel.rs`); the rules live here either way.
 //!
 //! Memory is bounded by the line cap (one line is held at a time, a longer one is skipped while
-//! it is read) plus, per line, a 64-bit hash with its line number (duplicate detection) and a
+//! it is read; with threads, two batches of lines per thread) plus, per line, a 64-bit hash with its line number (duplicate detection) and a
 //! 32-bit token count (exact percentiles): about 20 bytes per line, never the lines themselves;
 //! and a cache of at most 65,536 token counts of short repeated texts.
 //!
@@ -49,6 +51,20 @@ pub struct ValidationOptions {
     pub holdout_percent: u8,
     /// The progress hook is called at most once per this many bytes. 1 MiB.
     pub progress_interval_bytes: u64,
+    /// Threads that check lines. `None`: one per available core. `Some(1)`: the streaming
+    /// single-threaded path, and no thread is started. Any count gives the same report.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// With more than one thread, lines go to the threads in batches of about this many bytes
+    /// (per-line bookkeeping included), never more than `progress_interval_bytes` so progress
+    /// keeps its pace; a batch ends at a line end, so one line over the size can ride along.
+    /// At most two batches per thread are in flight. 4 MiB.
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: usize,
+}
+
+fn default_batch_bytes() -> usize {
+    4 * 1024 * 1024
 }
 
 /// The share of lines held out for validation when no line has a `"split"` mark.
@@ -74,6 +90,8 @@ impl Default for ValidationOptions {
             epochs: 1,
             holdout_percent: DEFAULT_HOLDOUT_PERCENT,
             progress_interval_bytes: 1024 * 1024,
+            threads: None,
+            batch_bytes: default_batch_bytes(),
         }
     }
 }
@@ -111,7 +129,29 @@ pub fn validate<R: Read>(
 
 /// Like [`validate`], calling `on_progress` every `progress_interval_bytes` and once at the end;
 /// returning `Break` stops early with a [`Completion::Cancelled`] report.
+///
+/// Uses [`ValidationOptions::threads`] threads. The reader is read and `on_progress` called on
+/// the calling thread only, so neither needs to be `Send`; every thread has ended when this
+/// returns. A cancelled multi-threaded run stops at a batch boundary and reports the lines
+/// before it.
 pub fn validate_with_progress<R: Read>(
+    reader: R,
+    options: &ValidationOptions,
+    tokenizer: &dyn Tokenizer,
+    on_progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+) -> Result<ValidationReport, ValidatorError> {
+    let threads = options.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if threads > 1 {
+        super::parallel::validate(reader, options, tokenizer, threads, on_progress)
+    } else {
+        validate_streaming(reader, options, tokenizer, on_progress)
+    }
+}
+
+/// The single-threaded path: one line at a time through one [`Validator`].
+fn validate_streaming<R: Read>(
     reader: R,
     options: &ValidationOptions,
     tokenizer: &dyn Tokenizer,
@@ -151,7 +191,7 @@ pub fn validate_with_progress<R: Read>(
 
 /// `HashMap` keys that are already 64-bit hashes need no second hashing.
 #[derive(Default)]
-struct Prehashed(u64);
+pub(super) struct Prehashed(u64);
 
 impl Hasher for Prehashed {
     fn finish(&self) -> u64 {
@@ -169,6 +209,30 @@ impl Hasher for Prehashed {
     }
 }
 
+/// A map keyed by [`line_hash`]es or other 64-bit hashes.
+pub(super) type HashKeyed<V> = HashMap<u64, V, BuildHasherDefault<Prehashed>>;
+
+/// Token counts of recently seen message texts by hash. See [`Validator::count_tokens`].
+pub(super) type TokenCache = HashKeyed<u64>;
+
+/// How a validator finds exact duplicates.
+enum DuplicateCheck {
+    /// It sees every line of the file: each line's hash is looked up as it arrives, and the
+    /// first line with a hash is the original.
+    Inline(HashKeyed<u64>),
+    /// It checks one batch of a multi-threaded run and cannot know the lines of earlier
+    /// batches: it keeps every checked line's hash, in line order, for the merge to look up
+    /// (see [`Validator::absorb`]). Bounded by the batch size.
+    Deferred(Vec<SeenLine>),
+}
+
+/// A line that reached the duplicate check: a JSON object.
+struct SeenLine {
+    hash: u64,
+    number: u64,
+    byte_offset: u64,
+}
+
 /// Where in the file the line being checked is, and whether it has failed a rule yet.
 struct LineContext {
     number: u64,
@@ -181,13 +245,17 @@ struct LineContext {
 pub struct Validator<'t> {
     options: ValidationOptions,
     tokenizer: &'t dyn Tokenizer,
+    /// The file's format and the line that set it: the first line that declared one.
     format: Option<(DatasetFormat, u64)>,
+    /// `format` before the first line this validator saw: `None` for a whole file; for a batch,
+    /// what the lines before the batch had set. The merge checks that it matches.
+    format_at_start: Option<(DatasetFormat, u64)>,
     errors: Vec<Issue>,
     warnings: Vec<Issue>,
     error_count: u64,
     warning_count: u64,
     counts_by_code: BTreeMap<IssueCode, u64>,
-    first_line_by_hash: HashMap<u64, u64, BuildHasherDefault<Prehashed>>,
+    duplicate_check: DuplicateCheck,
     lines_read: u64,
     nonblank_lines: u64,
     duplicates: u64,
@@ -201,7 +269,7 @@ pub struct Validator<'t> {
     tokens_per_conversation: Vec<u32>,
     /// Token counts of recently seen message texts by hash: system prompts and stock replies
     /// repeat on every line, and BPE is the slowest step. Bounded; cleared when full.
-    token_cache: HashMap<u64, u64, BuildHasherDefault<Prehashed>>,
+    token_cache: TokenCache,
     any_split_mark: bool,
     /// [train, validation] by `"split"` marks.
     by_marks: [SplitCounts; 2],
@@ -218,16 +286,52 @@ struct MessageView<'v> {
 
 impl<'t> Validator<'t> {
     pub fn new(options: ValidationOptions, tokenizer: &'t dyn Tokenizer) -> Self {
+        Self::with_parts(
+            options,
+            tokenizer,
+            None,
+            DuplicateCheck::Inline(HashKeyed::default()),
+            TokenCache::default(),
+        )
+    }
+
+    /// A validator for one batch of lines of a multi-threaded run (see [`Self::absorb`]).
+    /// `format_at_start` is the file's format as the lines before the batch left it, so the
+    /// batch's format rules come out as a whole-file pass would give them; `token_cache` is lent
+    /// by the thread, which keeps it from batch to batch ([`Self::take_token_cache`]).
+    pub(super) fn for_batch(
+        options: ValidationOptions,
+        tokenizer: &'t dyn Tokenizer,
+        format_at_start: Option<(DatasetFormat, u64)>,
+        token_cache: TokenCache,
+    ) -> Self {
+        Self::with_parts(
+            options,
+            tokenizer,
+            format_at_start,
+            DuplicateCheck::Deferred(Vec::new()),
+            token_cache,
+        )
+    }
+
+    fn with_parts(
+        options: ValidationOptions,
+        tokenizer: &'t dyn Tokenizer,
+        format_at_start: Option<(DatasetFormat, u64)>,
+        duplicate_check: DuplicateCheck,
+        token_cache: TokenCache,
+    ) -> Self {
         Self {
             options,
             tokenizer,
-            format: None,
+            format: format_at_start.clone(),
+            format_at_start,
             errors: Vec::new(),
             warnings: Vec::new(),
             error_count: 0,
             warning_count: 0,
             counts_by_code: BTreeMap::new(),
-            first_line_by_hash: HashMap::default(),
+            duplicate_check,
             lines_read: 0,
             nonblank_lines: 0,
             duplicates: 0,
@@ -239,7 +343,7 @@ impl<'t> Validator<'t> {
             tokens_assistant: 0,
             tokens_trainable: 0,
             tokens_per_conversation: Vec::new(),
-            token_cache: HashMap::default(),
+            token_cache,
             any_split_mark: false,
             by_marks: [SplitCounts::default(); 2],
             by_holdout: [SplitCounts::default(); 2],
@@ -270,6 +374,109 @@ impl<'t> Validator<'t> {
             bytes_read,
             lines_read: self.lines_read,
             errors: self.error_count,
+        }
+    }
+
+    /// The file's format and the line that declared it, once a line has.
+    pub(super) fn file_format(&self) -> Option<&(DatasetFormat, u64)> {
+        self.format.as_ref()
+    }
+
+    /// Hands the token cache back to the thread that lent it (see [`Self::for_batch`]).
+    pub(super) fn take_token_cache(&mut self) -> TokenCache {
+        std::mem::take(&mut self.token_cache)
+    }
+
+    /// Adds the batch that follows the lines seen so far, as if its lines had been pushed here:
+    /// counts and statistics add up; kept errors and warnings continue in line order under the
+    /// same cap; the batch's lines are checked for duplicates here, against every earlier line,
+    /// and each duplicate warning goes where a whole-file pass records it (first among its
+    /// line's warnings). Batches must come in file order, each made with the format the previous
+    /// one left ([`Self::file_format`]).
+    pub(super) fn absorb(&mut self, batch: Validator<'_>) {
+        // Destructured in full so that a new field cannot be forgotten here.
+        let Validator {
+            options: _,
+            tokenizer: _,
+            format,
+            format_at_start,
+            errors,
+            warnings,
+            error_count,
+            warning_count,
+            counts_by_code,
+            duplicate_check,
+            lines_read,
+            nonblank_lines,
+            duplicates,
+            conversations,
+            turns_total,
+            turns_min,
+            turns_max,
+            tokens_total,
+            tokens_assistant,
+            tokens_trainable,
+            tokens_per_conversation,
+            token_cache: _,
+            any_split_mark,
+            by_marks,
+            by_holdout,
+        } = batch;
+        debug_assert_eq!(
+            self.format, format_at_start,
+            "a batch must start from the format the lines before it left"
+        );
+        self.format = format;
+        let cap = self.options.max_issues_kept;
+        self.error_count += error_count;
+        let room = cap.saturating_sub(self.errors.len());
+        self.errors.extend(errors.into_iter().take(room));
+        self.warning_count += warning_count;
+        for (code, count) in counts_by_code {
+            *self.counts_by_code.entry(code).or_insert(0) += count;
+        }
+        debug_assert!(
+            matches!(duplicate_check, DuplicateCheck::Deferred(_)),
+            "only batch validators are absorbed: a whole-file one kept its hashes to itself"
+        );
+        let seen = match duplicate_check {
+            DuplicateCheck::Deferred(seen) => seen,
+            DuplicateCheck::Inline(_) => Vec::new(),
+        };
+        let mut seen = seen.into_iter().peekable();
+        for warning in warnings {
+            let line = warning.line.unwrap_or(u64::MAX);
+            while let Some(earlier) = seen.next_if(|s| s.number <= line) {
+                self.check_duplicate(earlier);
+            }
+            if self.warnings.len() < cap {
+                self.warnings.push(warning);
+            }
+        }
+        for rest in seen {
+            self.check_duplicate(rest);
+        }
+        self.lines_read += lines_read;
+        self.nonblank_lines += nonblank_lines;
+        self.duplicates += duplicates;
+        self.conversations += conversations;
+        self.turns_total += turns_total;
+        self.turns_min = self.turns_min.min(turns_min);
+        self.turns_max = self.turns_max.max(turns_max);
+        self.tokens_total += tokens_total;
+        self.tokens_assistant += tokens_assistant;
+        self.tokens_trainable += tokens_trainable;
+        self.tokens_per_conversation.extend(tokens_per_conversation);
+        self.any_split_mark |= any_split_mark;
+        for (mine, theirs) in self
+            .by_marks
+            .iter_mut()
+            .chain(&mut self.by_holdout)
+            .zip(by_marks.iter().chain(&by_holdout))
+        {
+            mine.conversations += theirs.conversations;
+            mine.pairs += theirs.pairs;
+            mine.tokens += theirs.tokens;
         }
     }
 
@@ -412,30 +619,52 @@ impl<'t> Validator<'t> {
             return;
         };
         let hash = line_hash(bytes);
-        match self.first_line_by_hash.entry(hash) {
-            Entry::Occupied(first) => {
-                let first = *first.get();
-                self.duplicates += 1;
-                self.record(
-                    Some(line),
-                    IssueCode::DuplicateExample,
-                    None,
-                    format!("exact duplicate of line {first}"),
-                    Some(
-                        "Remove duplicates: they over-weight one example and can leak into the \
-                         validation split"
-                            .to_owned(),
-                    ),
-                );
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(line.number);
-            }
-        }
+        self.check_duplicate(SeenLine {
+            hash,
+            number: line.number,
+            byte_offset: line.byte_offset,
+        });
         let Some(format) = self.line_format(line, object) else {
             return;
         };
         self.check_conversation(line, object, &format, hash);
+    }
+
+    /// Whether the line repeats an earlier one (a warning that never stops the line from
+    /// counting). The first line with a hash is the original, so this must see lines in file
+    /// order; a batch validator leaves it to the merge.
+    fn check_duplicate(&mut self, seen: SeenLine) {
+        let first = match &mut self.duplicate_check {
+            DuplicateCheck::Deferred(lines) => {
+                lines.push(seen);
+                return;
+            }
+            DuplicateCheck::Inline(first_line_by_hash) => match first_line_by_hash.entry(seen.hash)
+            {
+                Entry::Occupied(first) => *first.get(),
+                Entry::Vacant(slot) => {
+                    slot.insert(seen.number);
+                    return;
+                }
+            },
+        };
+        self.duplicates += 1;
+        let mut line = LineContext {
+            number: seen.number,
+            byte_offset: seen.byte_offset,
+            has_error: false,
+        };
+        self.record(
+            Some(&mut line),
+            IssueCode::DuplicateExample,
+            None,
+            format!("exact duplicate of line {first}"),
+            Some(
+                "Remove duplicates: they over-weight one example and can leak into the \
+                 validation split"
+                    .to_owned(),
+            ),
+        );
     }
 
     /// Which format this line is in, reporting format errors; `None` when the line has no list.

@@ -7,5 +7,7 @@ mod cost;
 mod detect;
 mod draft;
 mod model;
+mod parallel;
 mod props;
+mod tokenizer;
 mod validator;
