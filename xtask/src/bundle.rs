@@ -104,6 +104,12 @@ fn host_triple() -> Result<String> {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String> {
+    run_in(program, args, None)
+}
+
+/// `program` with `args` (in `dir`), through sudo for apt-get when not root; what it printed,
+/// or an error with it.
+fn run_in(program: &str, args: &[&str], dir: Option<&Path>) -> Result<String> {
     let sudo = !nix::unistd::geteuid().is_root() && program == "apt-get";
     let mut command = if sudo {
         let mut c = Command::new("sudo");
@@ -112,6 +118,9 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
     } else {
         Command::new(program)
     };
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
     let out = command
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
@@ -183,32 +192,15 @@ pub fn check(deb: &Path) -> Result<()> {
         deb.file_name().unwrap_or_default().to_string_lossy()
     );
     println!("$ apt-get install -y {local}");
-    let install = Command::new(if nix::unistd::geteuid().is_root() {
-        "apt-get"
-    } else {
-        "sudo"
-    })
-    .args(if nix::unistd::geteuid().is_root() {
-        vec!["install", "-y", "-q", &local]
-    } else {
-        vec!["apt-get", "install", "-y", "-q", &local]
-    })
-    .env("DEBIAN_FRONTEND", "noninteractive")
-    .current_dir(deb.parent().context("the .deb has a directory")?)
-    .output()
-    .context("running apt-get install")?;
-    let said = String::from_utf8_lossy(&install.stdout);
+    let said = run_in(
+        "apt-get",
+        &["install", "-y", "-q", &local],
+        Some(deb.parent().context("the .deb has a directory")?),
+    )?;
     for line in said.lines().filter(|l| {
         l.contains(PACKAGE) || l.starts_with("Setting up") || l.contains("newly installed")
     }) {
         println!("  {line}");
-    }
-    if !install.status.success() {
-        bail!(
-            "apt-get install failed ({}):\n{said}{}",
-            install.status,
-            String::from_utf8_lossy(&install.stderr)
-        );
     }
 
     // Removed whatever the start did; the start's failure is reported after.
@@ -228,14 +220,11 @@ pub fn check(deb: &Path) -> Result<()> {
             bail!("/usr/bin/{binary} is still there after apt-get remove");
         }
     }
-    if Command::new("dpkg")
+    let status = Command::new("dpkg")
         .args(["--status", PACKAGE])
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()?
-        .success()
-        && !run("dpkg", &["--status", PACKAGE])?.contains("deinstall")
-    {
+        .output()?;
+    if status.status.success() && !String::from_utf8_lossy(&status.stdout).contains("deinstall") {
         bail!("dpkg still lists {PACKAGE} as installed");
     }
     println!("  /usr/bin/brightrun-desktop, brightrun, brightrun-stack: gone");
