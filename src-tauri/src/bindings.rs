@@ -66,7 +66,7 @@ pub fn specta_builder<R: Runtime>() -> Builder<R> {
         .events(collect_events![
             events::SessionChanged,
             events::DatasetChanged,
-            events::JobChanged,
+            events::JobsChanged,
             events::MetricsAdded,
             events::JobFinished,
             events::ConnectionChanged,

@@ -292,7 +292,7 @@ pub async fn estimate_job(shell: State<'_, Shell>, draft: JobDraft) -> Answer<Co
 #[specta::specta]
 pub async fn create_job(shell: State<'_, Shell>, draft: JobDraft) -> Answer<CreatedJob> {
     let created = jobs::create(&*shell.app().await?, draft).await?;
-    shell.notify(Notice::Job(Box::new(created.job.clone())));
+    shell.notify(Notice::Jobs(vec![created.job.clone()]));
     shell.poll_now();
     Ok(created)
 }
@@ -313,7 +313,7 @@ pub async fn show_job(shell: State<'_, Shell>, request: JobRef) -> Answer<Traini
 #[specta::specta]
 pub async fn cancel_job(shell: State<'_, Shell>, request: JobRef) -> Answer<TrainingJob> {
     let job = jobs::cancel(&*shell.app().await?, request).await?;
-    shell.notify(Notice::Job(Box::new(job.clone())));
+    shell.notify(Notice::Jobs(vec![job.clone()]));
     shell.poll_now();
     Ok(job)
 }

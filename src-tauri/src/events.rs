@@ -16,17 +16,16 @@ pub struct DatasetChanged {
     pub dataset: brightrun_core::Dataset,
 }
 
-/// A training job is new or changed (status, stage, progress, cost).
+/// Training jobs are new or changed (status, stage, progress, cost): all of one poll together.
 #[derive(Debug, Clone, Serialize, specta::Type, tauri_specta::Event)]
-pub struct JobChanged {
-    pub job: brightrun_core::TrainingJob,
+pub struct JobsChanged {
+    pub jobs: Vec<brightrun_core::TrainingJob>,
 }
 
-/// New metrics of a job arrived: its charts can be drawn again.
+/// New metrics of these jobs arrived (one poll's): their charts can be drawn again.
 #[derive(Debug, Clone, Serialize, specta::Type, tauri_specta::Event)]
 pub struct MetricsAdded {
-    pub job_id: uuid::Uuid,
-    pub attempt: i64,
+    pub job_ids: Vec<uuid::Uuid>,
 }
 
 /// A job completed or failed (once per outcome, across restarts).
@@ -53,11 +52,8 @@ pub struct Navigate {
 pub enum Notice {
     Session(Option<Account>),
     Dataset(Box<brightrun_core::Dataset>),
-    Job(Box<brightrun_core::TrainingJob>),
-    Metrics {
-        job_id: uuid::Uuid,
-        attempt: i64,
-    },
+    Jobs(Vec<brightrun_core::TrainingJob>),
+    Metrics(Vec<uuid::Uuid>),
     /// Outcomes of one poll; `native` raises desktop notifications too (the preference), one
     /// per outcome, or one for all when `grouped` (what happened while the app was closed).
     Finished {
@@ -81,11 +77,11 @@ impl Notice {
         let sent = match self {
             Self::Session(account) => SessionChanged { account }.emit(handle),
             Self::Dataset(dataset) => DatasetChanged { dataset: *dataset }.emit(handle),
-            Self::Job(job) => {
-                crate::tray::job_changed(handle, &job);
-                JobChanged { job: *job }.emit(handle)
+            Self::Jobs(jobs) => {
+                crate::tray::jobs_changed(handle, &jobs);
+                JobsChanged { jobs }.emit(handle)
             }
-            Self::Metrics { job_id, attempt } => MetricsAdded { job_id, attempt }.emit(handle),
+            Self::Metrics(job_ids) => MetricsAdded { job_ids }.emit(handle),
             Self::Finished {
                 alerts,
                 native,

@@ -165,7 +165,11 @@ impl Shell {
                 while let Some(Some(more)) = stream.next().now_or_never() {
                     batch.push(more);
                 }
+                // And go to the window as one event of each kind: ten running jobs cost the
+                // window two events per poll, not twenty.
                 let mut alerts = Vec::new();
+                let mut changed = Vec::new();
+                let mut drawn = Vec::new();
                 let mut ended_before = std::collections::HashSet::new();
                 for event in batch {
                     if let WatchEvent::JobUpdated { job } = &event
@@ -174,17 +178,12 @@ impl Shell {
                         ended_before.insert(job.id);
                     }
                     if curves.apply(&event)
-                        && let WatchEvent::Metrics {
-                            job_id, attempt, ..
-                        } = &event
+                        && let WatchEvent::Metrics { job_id, .. } = &event
                     {
-                        notify(Notice::Metrics {
-                            job_id: *job_id,
-                            attempt: *attempt,
-                        });
+                        drawn.push(*job_id);
                     }
                     match event {
-                        WatchEvent::JobUpdated { job } => notify(Notice::Job(job)),
+                        WatchEvent::JobUpdated { job } => changed.push(*job),
                         WatchEvent::Alert { alert } => alerts.push(alert),
                         WatchEvent::Offline { retry_in } => notify(Notice::Connection {
                             online: false,
@@ -200,6 +199,13 @@ impl Shell {
                         }
                         WatchEvent::Metrics { .. } => {}
                     }
+                }
+                // Metrics first: whoever stops listening at a job's final row has its points.
+                if !drawn.is_empty() {
+                    notify(Notice::Metrics(drawn));
+                }
+                if !changed.is_empty() {
+                    notify(Notice::Jobs(changed));
                 }
                 if !alerts.is_empty() {
                     let prefs = prefs::get(&app).await.unwrap_or_default();
@@ -239,6 +245,7 @@ impl Shell {
 
     /// The window was shown or hidden: the watcher polls at that cadence.
     pub fn set_visibility(&self, visibility: Visibility) {
+        tracing::debug!(?visibility, "window visibility");
         self.visibility.send_replace(visibility);
     }
 

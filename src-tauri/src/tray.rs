@@ -55,8 +55,19 @@ pub struct Tray<R: Runtime> {
     /// The items of the running jobs, to update their text in place.
     items: Mutex<BTreeMap<Uuid, MenuItem<R>>>,
     built_for: Mutex<Option<Shape>>,
+    put: Mutex<Put>,
     idle: Image<'static>,
     busy: Image<'static>,
+}
+
+/// What is on the tray now, so that a poll which changes nothing visible costs nothing: on Linux
+/// every `set_icon` writes a PNG file, and every text change goes over D-Bus to the tray host.
+#[derive(Default)]
+struct Put {
+    busy: Option<bool>,
+    tooltip: String,
+    /// The running jobs' item texts.
+    texts: BTreeMap<Uuid, String>,
 }
 
 /// Whether the window's close button hides it to the tray (the preference; on by default).
@@ -121,6 +132,7 @@ pub fn install<R: Runtime>(handle: &AppHandle<R>) -> bool {
                 shown: Mutex::new(Shown::default()),
                 items: Mutex::new(BTreeMap::new()),
                 built_for: Mutex::new(None),
+                put: Mutex::new(Put::default()),
                 idle,
                 busy,
             });
@@ -214,26 +226,28 @@ fn short(id: Uuid) -> String {
 }
 
 /// A job changed: running ones are listed with their progress, ended ones leave the list.
-pub fn job_changed<R: Runtime>(handle: &AppHandle<R>, job: &TrainingJob) {
+pub fn jobs_changed<R: Runtime>(handle: &AppHandle<R>, jobs: &[TrainingJob]) {
     let Some(tray) = handle.try_state::<Tray<R>>() else {
         return;
     };
     {
         let mut shown = lock(&tray.shown);
-        let active = matches!(
-            job.status,
-            JobStatus::Queued | JobStatus::Initializing | JobStatus::Running
-        );
-        if active {
-            let text = format!(
-                "Job {} · {} {:.0}%",
-                short(job.id),
-                job.current_stage,
-                job.progress
+        for job in jobs {
+            let active = matches!(
+                job.status,
+                JobStatus::Queued | JobStatus::Initializing | JobStatus::Running
             );
-            shown.running.insert(job.id, text);
-        } else {
-            shown.running.remove(&job.id);
+            if active {
+                let text = format!(
+                    "Job {} · {} {:.0}%",
+                    short(job.id),
+                    job.current_stage,
+                    job.progress
+                );
+                shown.running.insert(job.id, text);
+            } else {
+                shown.running.remove(&job.id);
+            }
         }
     }
     refresh(handle);
@@ -273,25 +287,32 @@ fn refresh<R: Runtime>(handle: &AppHandle<R>) {
         return;
     };
     let shown = lock(&tray.shown);
+    let mut put = lock(&tray.put);
     let running = shown.running.len();
-    let _ = tray.icon.set_icon(Some(if running > 0 {
-        tray.busy.clone()
-    } else {
-        tray.idle.clone()
-    }));
+    if put.busy != Some(running > 0) {
+        let icon = if running > 0 { &tray.busy } else { &tray.idle };
+        if tray.icon.set_icon(Some(icon.clone())).is_ok() {
+            put.busy = Some(running > 0);
+        }
+    }
     let tooltip = match running {
         0 => "BrightRun".to_owned(),
         1 => "BrightRun — 1 job running".to_owned(),
         n => format!("BrightRun — {n} jobs running"),
     };
-    let _ = tray.icon.set_tooltip(Some(tooltip));
+    if put.tooltip != tooltip && tray.icon.set_tooltip(Some(&tooltip)).is_ok() {
+        put.tooltip = tooltip;
+    }
     let shape = shown.shape();
     let mut built_for = lock(&tray.built_for);
     if built_for.as_ref() == Some(&shape) {
         let items = lock(&tray.items);
         for (id, text) in &shown.running {
-            if let Some(item) = items.get(id) {
-                let _ = item.set_text(text);
+            if put.texts.get(id) != Some(text)
+                && let Some(item) = items.get(id)
+                && item.set_text(text).is_ok()
+            {
+                put.texts.insert(*id, text.clone());
             }
         }
         return;
@@ -301,6 +322,7 @@ fn refresh<R: Runtime>(handle: &AppHandle<R>) {
             if tray.icon.set_menu(Some(menu)).is_ok() {
                 *lock(&tray.items) = items;
                 *built_for = Some(shape);
+                put.texts = shown.running.clone();
             }
         }
         Err(e) => tracing::warn!(error = %e, "the tray menu could not be rebuilt"),

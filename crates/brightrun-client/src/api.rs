@@ -32,6 +32,16 @@ use crate::session::Session;
 
 /// Rows per page of a list: Supabase's default `max_rows`.
 pub const PAGE: usize = 1000;
+/// Jobs per metrics request: keeps the `or=` filter well inside any proxy's URL limit.
+const JOBS_PER_METRICS_REQUEST: usize = 25;
+
+/// Where to read one job's metrics from: its attempt, after `after_step` (all for `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsFrom {
+    pub job_id: Uuid,
+    pub attempt: i64,
+    pub after_step: Option<i64>,
+}
 
 /// The typed API of one signed-in session. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -473,6 +483,55 @@ impl Api {
                 return Ok(points);
             }
         }
+    }
+
+    /// The metrics of several jobs at once, each from its own attempt and step (one request per
+    /// page, not one per job: a watcher following ten running jobs asks once per poll). Ordered
+    /// by job, then step.
+    pub async fn metrics_of_jobs(&self, from: &[MetricsFrom]) -> Result<Vec<MetricsPoint>> {
+        let mut points: Vec<MetricsPoint> = Vec::new();
+        for chunk in from.chunks(JOBS_PER_METRICS_REQUEST) {
+            let mut wanted = chunk.to_vec();
+            while !wanted.is_empty() {
+                let tree = wanted
+                    .iter()
+                    .map(|w| {
+                        let after = w
+                            .after_step
+                            .map(|step| format!(",step.gt.{step}"))
+                            .unwrap_or_default();
+                        format!(
+                            "and(job_id.eq.{},attempt.eq.{}{after})",
+                            w.job_id, w.attempt
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let query = vec![
+                    ("or", format!("({tree})")),
+                    ("order", "job_id.asc,step.asc".to_owned()),
+                    ("limit", PAGE.to_string()),
+                ];
+                let page: Vec<MetricsPoint> = self.get("metrics_points", &query).await?;
+                let Some(last) = page.last().filter(|_| page.len() == PAGE) else {
+                    points.extend(page);
+                    break;
+                };
+                // A full page: the rows of each job are contiguous, so every job in it but the
+                // last is complete; the last goes on from its last step. A job absent from the
+                // page either had no rows or comes after the last: asked again, harmlessly.
+                let (last_job, last_step) = (last.job_id, last.step);
+                wanted
+                    .retain(|w| w.job_id == last_job || !page.iter().any(|p| p.job_id == w.job_id));
+                for w in &mut wanted {
+                    if w.job_id == last_job {
+                        w.after_step = Some(last_step);
+                    }
+                }
+                points.extend(page);
+            }
+        }
+        Ok(points)
     }
 
     // ---------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ use rand::RngCore;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use crate::api::Api;
+use crate::api::{Api, MetricsFrom};
 use crate::error::{ErrorCode, Result};
 use crate::local::{LocalDb, alert_key};
 use crate::retry::RetryPolicy;
@@ -30,14 +30,13 @@ pub trait JobFeed: Send + Sync {
         &self,
         cursor: Option<DateTime<Utc>>,
     ) -> BoxFuture<'_, Result<Vec<TrainingJob>>>;
-    /// The metrics of one attempt of a job after `after_step` (all for `None`), by step. Steps
-    /// restart at 1 with every attempt, so a step cursor means something only within one.
-    fn metrics_since(
-        &self,
-        job_id: Uuid,
-        attempt: i64,
-        after_step: Option<i64>,
-    ) -> BoxFuture<'_, Result<Vec<MetricsPoint>>>;
+    /// The metrics of several jobs, each of one attempt after a step (all for `None`), by job
+    /// and step. Steps restart at 1 with every attempt, so a step cursor means something only
+    /// within one.
+    fn metrics_of_jobs<'a>(
+        &'a self,
+        from: &'a [MetricsFrom],
+    ) -> BoxFuture<'a, Result<Vec<MetricsPoint>>>;
     /// One of the caller's datasets (to name a job in an alert when the cache does not know it).
     fn dataset(&self, id: Uuid) -> BoxFuture<'_, Result<brightrun_core::Dataset>>;
 }
@@ -50,13 +49,11 @@ impl JobFeed for Api {
         Box::pin(Api::jobs_changed_since(self, cursor))
     }
 
-    fn metrics_since(
-        &self,
-        job_id: Uuid,
-        attempt: i64,
-        after_step: Option<i64>,
-    ) -> BoxFuture<'_, Result<Vec<MetricsPoint>>> {
-        Box::pin(Api::metrics_since(self, job_id, attempt, after_step))
+    fn metrics_of_jobs<'a>(
+        &'a self,
+        from: &'a [MetricsFrom],
+    ) -> BoxFuture<'a, Result<Vec<MetricsPoint>>> {
+        Box::pin(Api::metrics_of_jobs(self, from))
     }
 
     fn dataset(&self, id: Uuid) -> BoxFuture<'_, Result<brightrun_core::Dataset>> {
@@ -396,25 +393,45 @@ impl JobWatcher {
                 })
                 .map(|j| (j.id, j.metrics_attempt())),
         );
+        // A new attempt (the job was reclaimed) trains again from step 1: its points are read
+        // from the start, whatever step the previous attempt had reached.
+        let from: Vec<MetricsFrom> = targets
+            .iter()
+            .map(|&(job_id, attempt)| MetricsFrom {
+                job_id,
+                attempt,
+                after_step: self
+                    .metrics
+                    .get(&job_id)
+                    .filter(|cursor| cursor.attempt == attempt)
+                    .and_then(|cursor| cursor.step),
+            })
+            .collect();
+        // One request for every job's new points.
+        let mut by_job: HashMap<Uuid, Vec<MetricsPoint>> = HashMap::new();
+        if !from.is_empty() {
+            for point in self.feed.metrics_of_jobs(&from).await? {
+                by_job.entry(point.job_id).or_default().push(point);
+            }
+        }
         let mut metrics = Vec::new();
         // Applied only once the whole poll has succeeded: a failure later in it must not skip
         // the points read here, which are then never delivered.
         let mut advanced = Vec::new();
-        for (job_id, attempt) in targets {
-            // A new attempt (the job was reclaimed) trains again from step 1: its points are read
-            // from the start, whatever step the previous attempt had reached.
-            let after = self
-                .metrics
-                .get(&job_id)
-                .filter(|cursor| cursor.attempt == attempt)
-                .and_then(|cursor| cursor.step);
-            let points = self.feed.metrics_since(job_id, attempt, after).await?;
-            let step = points.last().map(|p| p.step).or(after);
-            advanced.push((job_id, MetricsCursor { attempt, step }));
+        for wanted in from {
+            let points = by_job.remove(&wanted.job_id).unwrap_or_default();
+            let step = points.last().map(|p| p.step).or(wanted.after_step);
+            advanced.push((
+                wanted.job_id,
+                MetricsCursor {
+                    attempt: wanted.attempt,
+                    step,
+                },
+            ));
             if !points.is_empty() {
                 metrics.push(WatchEvent::Metrics {
-                    job_id,
-                    attempt,
+                    job_id: wanted.job_id,
+                    attempt: wanted.attempt,
                     points,
                 });
             }
@@ -536,6 +553,13 @@ impl JobWatcher {
             }
             let delay =
                 cadence.next_delay(self.any_active(), *visibility.borrow(), failures, &mut rng);
+            tracing::debug!(
+                events = to_send.len(),
+                active = self.any_active(),
+                visibility = ?*visibility.borrow(),
+                next_in = ?delay,
+                "jobs polled"
+            );
             if failures > 0 {
                 to_send.push(WatchEvent::Offline { retry_in: delay });
             }

@@ -1,19 +1,20 @@
 //! Native notifications (desktop 3/3): the app signed in and watching, jobs submitted from the
 //! CLI, and a notification server on the session bus that records each `Notify` and clicks
-//! its default action. One notification per outcome, naming the job's dataset; a click opens
-//! that job; nothing repeated after a restart; what ended while the app was closed announced
-//! once at the next start; nothing for a job the user cancelled. The tray's menu (read over
-//! `com.canonical.dbusmenu`) lists a running job and opens the window; a second launch ends and
-//! leaves one app.
+//! its actions. One notification per outcome, naming the job's dataset; a click opens that job;
+//! "Download" puts the adapter in the default folder; nothing repeated after a restart; what
+//! ended while the app was closed announced once at the next start; nothing for a job the user
+//! cancelled. The tray's menu (read over `com.canonical.dbusmenu`) lists a running job and opens
+//! the window; the close button hides the window while the app goes on watching; a second
+//! launch ends and leaves one app.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use brightrun_stack::testing::{stack, unique_email};
 use uuid::Uuid;
 
-use crate::harness::{App, Display, Launch, app_pids, required};
+use crate::harness::{App, Display, Launch, app_pids, home_dir, required};
 use crate::notifications::{Notifications, Received, tray_click, tray_layout};
 use crate::story::{dataset, shoot, worker_running};
 
@@ -327,6 +328,93 @@ async fn one_notification_per_outcome_even_across_restarts() {
     })
     .await;
     shoot(&display, &app, "notification-opened").await;
+
+    // The "Download" action: the adapter lands in the default folder (`~/Downloads/BrightRun`),
+    // verified, and a notification says so, with no path in it.
+    let fetched = &jobs[8];
+    let offered = live
+        .iter()
+        .find(|n| n.body.contains(&fetched[..8]))
+        .expect("the notification of job 9");
+    assert!(
+        offered.actions.contains(&"download".to_owned()),
+        "a completed job offers its adapter: {offered:?}"
+    );
+    server.invoke(offered.id, "download").await;
+    let done = app
+        .until("the download's notification", MINUTE, || async {
+            server.received().into_iter().find(|n| {
+                n.summary.starts_with("Adapter downloaded")
+                    || n.summary.starts_with("Download failed")
+            })
+        })
+        .await;
+    assert_eq!(done.summary, "Adapter downloaded", "{done:?}");
+    assert!(!done.body.contains('/'), "no path in the text: {done:?}");
+    let folder = home_dir(&data).join("Downloads/BrightRun");
+    let models: Vec<PathBuf> = std::fs::read_dir(&folder)
+        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(models.len(), 1, "one model folder: {models:?}");
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(&models[0])
+        .expect("the model folder")
+        .map(|e| {
+            let e = e.expect("entry");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().expect("metadata").len(),
+            )
+        })
+        .collect();
+    files.sort();
+    assert!(
+        files
+            .iter()
+            .any(|(n, len)| n == "adapter_model.safetensors" && *len > 0)
+            && files
+                .iter()
+                .any(|(n, len)| n == "adapter_config.json" && *len > 0)
+            && !files.iter().any(|(n, _)| n.ends_with(".part")),
+        "the adapter's files, complete: {files:?}"
+    );
+
+    // Close to the tray: the close button hides the window and the app goes on watching (a job
+    // seen running before the close is announced while the window is hidden); the tray's
+    // "Open BrightRun" shows the window again.
+    let hidden_job = create_job(&cli_data, &dataset_id);
+    app.until("the new job in the tray menu", MINUTE, || async {
+        tray_layout(pid)
+            .await
+            .filter(|(_, layout)| layout.contains(&format!("Job {}", &hidden_job[..8])))
+    })
+    .await;
+    display.close_request(&app.window);
+    app.until("the window hidden by its close button", MINUTE, || async {
+        (!display.viewable(&app.window)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        app_pids(&data).len(),
+        1,
+        "closing the window keeps the app running"
+    );
+    let while_hidden = wait_notified(&app, &server, &name, 11).await;
+    assert!(
+        while_hidden
+            .iter()
+            .any(|n| n.body.contains(&hidden_job[..8])),
+        "announced while the window was hidden: {while_hidden:#?}"
+    );
+    assert!(
+        !display.viewable(&app.window),
+        "a notification does not show the window"
+    );
+    tray_click(pid, "Open BrightRun").await;
+    app.until("the window shown from the tray", MINUTE, || async {
+        display.viewable(&app.window).then_some(())
+    })
+    .await;
     app.quit().await;
 
     // While the app is closed: one job completes, one is cancelled by the user.
@@ -351,9 +439,9 @@ async fn one_notification_per_outcome_even_across_restarts() {
     // Relaunched: the closed-time outcome once; nothing repeated; nothing for the cancelled job.
     // A last job afterwards proves the watcher has polled past everything before it.
     let app = App::launch(launch()).await;
-    let after_restart = wait_notified(&app, &server, &name, 11).await;
+    let after_restart = wait_notified(&app, &server, &name, 12).await;
     let marker = create_job(&cli_data, &dataset_id);
-    let all = wait_notified(&app, &server, &name, 12).await;
+    let all = wait_notified(&app, &server, &name, 13).await;
     let count = |short: &str| all.iter().filter(|n| n.body.contains(short)).count();
     assert_eq!(
         count(&closed_job[..8]),
@@ -361,6 +449,7 @@ async fn one_notification_per_outcome_even_across_restarts() {
         "announced once at the start: {all:#?}"
     );
     assert_eq!(count(&marker[..8]), 1, "{all:#?}");
+    assert_eq!(count(&hidden_job[..8]), 1, "{all:#?}");
     assert_eq!(
         count(&cancelled[..8]),
         0,
@@ -373,6 +462,6 @@ async fn one_notification_per_outcome_even_across_restarts() {
             "not repeated after the restart: {all:#?}"
         );
     }
-    assert_eq!(all.len(), 12, "{after_restart:#?}");
+    assert_eq!(all.len(), 13, "{after_restart:#?}");
     app.quit().await;
 }

@@ -114,6 +114,43 @@ impl Display {
             .to_owned()
     }
 
+    /// Asks `window` to close the way a window manager does for its close button: the
+    /// `WM_DELETE_WINDOW` client message (there is no window manager under Xvfb to send it).
+    pub fn close_request(&self, window: &str) {
+        use x11rb::protocol::xproto::{ClientMessageEvent, ConnectionExt as _, EventMask};
+        let (conn, _) = x11rb::connect(Some(&self.name)).expect("an X connection");
+        let atom = |name: &[u8]| {
+            conn.intern_atom(false, name)
+                .expect("intern_atom sent")
+                .reply()
+                .expect("an atom")
+                .atom
+        };
+        let (protocols, delete) = (atom(b"WM_PROTOCOLS"), atom(b"WM_DELETE_WINDOW"));
+        let window: u32 = window.parse().expect("a decimal window id");
+        let event = ClientMessageEvent::new(
+            32,
+            window,
+            protocols,
+            [delete, x11rb::CURRENT_TIME, 0, 0, 0],
+        );
+        conn.send_event(false, window, EventMask::NO_EVENT, event)
+            .expect("send_event sent")
+            .check()
+            .expect("the close request delivered");
+    }
+
+    /// Whether `window` is mapped and viewable (shown), as the X server has it.
+    pub fn viewable(&self, window: &str) -> bool {
+        use x11rb::protocol::xproto::{ConnectionExt as _, MapState};
+        let (conn, _) = x11rb::connect(Some(&self.name)).expect("an X connection");
+        let window: u32 = window.parse().expect("a decimal window id");
+        conn.get_window_attributes(window)
+            .expect("get_window_attributes sent")
+            .reply()
+            .is_ok_and(|a| a.map_state == MapState::VIEWABLE)
+    }
+
     /// The window's pixels as a PNG (WebDriver's screenshot does not answer under WebKitGTK).
     pub fn screenshot(&self, window: &str, file: &Path) {
         if let Some(dir) = file.parent() {

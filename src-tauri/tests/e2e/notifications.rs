@@ -121,16 +121,35 @@ impl Notifications {
     }
 }
 
+/// The bus name that served the tray menu of each process: the app has more connections than
+/// GTK's (each notification waiting for its action holds one), and those never answer a call
+/// to the menu's path, so a scan costs a timeout for each. Asked first the next time.
+static MENU_OWNER: std::sync::Mutex<Option<(u32, String)>> = std::sync::Mutex::new(None);
+
 /// The tray menu of the process `pid` as `com.canonical.dbusmenu.GetLayout` gives it, in
 /// GVariant text; `None` while it has none.
 pub async fn tray_layout(pid: u32) -> Option<(String, String)> {
     let connection = zbus::Connection::session().await.ok()?;
     let bus = zbus::fdo::DBusProxy::new(&connection).await.ok()?;
-    for name in bus.list_names().await.ok()? {
+    let known = MENU_OWNER
+        .lock()
+        .expect("lock")
+        .clone()
+        .filter(|(owner, _)| *owner == pid)
+        .map(|(_, name)| name);
+    let mut names: Vec<String> = known.iter().cloned().collect();
+    names.extend(
+        bus.list_names()
+            .await
+            .ok()?
+            .into_iter()
+            .map(|n| n.to_string()),
+    );
+    for name in names {
         if !name.starts_with(':') {
             continue;
         }
-        let owner = zbus::names::BusName::from(name.clone());
+        let owner = zbus::names::BusName::try_from(name.as_str()).ok()?;
         if bus.get_connection_unix_process_id(owner).await.ok() != Some(pid) {
             continue;
         }
@@ -142,11 +161,12 @@ pub async fn tray_layout(pid: u32) -> Option<(String, String)> {
             "GetLayout",
             &args,
         );
-        let reply = tokio::time::timeout(std::time::Duration::from_secs(10), layout).await;
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(2), layout).await;
         if let Ok(Ok(reply)) = reply {
             let body = reply.body();
             let body: zbus::zvariant::Structure<'_> = body.deserialize().ok()?;
-            return Some((name.to_string(), body.to_string()));
+            *MENU_OWNER.lock().expect("lock") = Some((pid, name.clone()));
+            return Some((name, body.to_string()));
         }
     }
     None

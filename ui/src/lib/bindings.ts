@@ -86,8 +86,8 @@ export const commands = {
 export const events = {
 	connectionChanged: makeEvent<ConnectionChanged, ConnectionChanged>("connection-changed"),
 	datasetChanged: makeEvent<DatasetChanged, DatasetChanged>("dataset-changed"),
-	jobChanged: makeEvent<JobChanged, JobChanged>("job-changed"),
 	jobFinished: makeEvent<JobFinished, JobFinished>("job-finished"),
+	jobsChanged: makeEvent<JobsChanged, JobsChanged>("jobs-changed"),
 	metricsAdded: makeEvent<MetricsAdded, MetricsAdded>("metrics-added"),
 	navigate: makeEvent<Navigate, Navigate>("navigate"),
 	sessionChanged: makeEvent<SessionChanged, SessionChanged>("session-changed"),
@@ -590,11 +590,6 @@ export type JobAlert = {
 	body: string,
 };
 
-/**  A training job is new or changed (status, stage, progress, cost). */
-export type JobChanged = {
-	job: TrainingJob,
-};
-
 /**  `model_artifacts.configuration`: a copy of the job's configuration. */
 export type JobConfiguration = {
 	preset_id: string,
@@ -628,6 +623,11 @@ export type JobFinished = {
 /**  A job of the caller's, by id. */
 export type JobRef = {
 	id: string,
+};
+
+/**  Training jobs are new or changed (status, stage, progress, cost): all of one poll together. */
+export type JobsChanged = {
+	jobs: TrainingJob[],
 };
 
 /**  Which datasets to list. */
@@ -673,10 +673,9 @@ export type MarkedRead = {
 	count: number,
 };
 
-/**  New metrics of a job arrived: its charts can be drawn again. */
+/**  New metrics of these jobs arrived (one poll's): their charts can be drawn again. */
 export type MetricsAdded = {
-	job_id: string,
-	attempt: number,
+	job_ids: string[],
 };
 
 /**  A row of `model_artifacts`. */

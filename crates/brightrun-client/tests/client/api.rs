@@ -1,7 +1,9 @@
 //! Every product operation of `Api` against the real stack and its migrations, with the error
 //! cases the UI branches on.
 
-use brightrun_client::api::{Api, DatasetChanges, EstimateRequest, NotificationFilter};
+use brightrun_client::api::{
+    Api, DatasetChanges, EstimateRequest, MetricsFrom, NotificationFilter,
+};
 use brightrun_client::error::{ApiError, ErrorCode, Service};
 use brightrun_client::session::Session;
 use brightrun_client::{Error, Secret};
@@ -519,6 +521,96 @@ async fn job_errors_are_specific() {
     assert!(
         api.list_jobs().await.expect("list").is_empty(),
         "no job was created by a refusal"
+    );
+}
+
+/// `count` points of one attempt, steps 1..=count, as the worker writes them.
+async fn insert_points(db: &sqlx::PgPool, job_id: Uuid, attempt: i64, count: i64) {
+    sqlx::query(
+        "insert into public.metrics_points (job_id, attempt, epoch, step, training_loss, learning_rate)
+         select $1, $2, 0, s, 1.0, 0.0002 from generate_series(1, $3) s",
+    )
+    .bind(job_id)
+    .bind(attempt)
+    .bind(count)
+    .execute(db)
+    .await
+    .expect("insert metrics");
+}
+
+#[tokio::test]
+async fn metrics_of_several_jobs_come_in_one_request_across_pages_and_only_the_callers() {
+    let (user, api) = minted("api-metrics-many").await;
+    let (other, other_api) = minted("api-metrics-other").await;
+    let db = db().await;
+    let dataset_id = ready_dataset(&db, user.id, "Many metrics").await;
+    let other_dataset = ready_dataset(&db, other.id, "Not yours").await;
+    let a = api
+        .create_training_job(&job_input(&api, dataset_id).await)
+        .await
+        .expect("job a");
+    let b = api
+        .create_training_job(&job_input(&api, dataset_id).await)
+        .await
+        .expect("job b");
+    let theirs = other_api
+        .create_training_job(&job_input(&other_api, other_dataset).await)
+        .await
+        .expect("their job");
+    // More than a page for one job, two attempts for the other, and someone else's points.
+    insert_points(&db, a.id, 1, 1200).await;
+    insert_points(&db, b.id, 1, 2).await;
+    insert_points(&db, b.id, 2, 3).await;
+    insert_points(&db, theirs.id, 1, 4).await;
+
+    let points = api
+        .metrics_of_jobs(&[
+            MetricsFrom {
+                job_id: a.id,
+                attempt: 1,
+                after_step: Some(100),
+            },
+            MetricsFrom {
+                job_id: b.id,
+                attempt: 2,
+                after_step: None,
+            },
+            MetricsFrom {
+                job_id: theirs.id,
+                attempt: 1,
+                after_step: None,
+            },
+        ])
+        .await
+        .expect("metrics of three jobs");
+    let of = |id: Uuid| -> Vec<(i64, i64)> {
+        points
+            .iter()
+            .filter(|p| p.job_id == id)
+            .map(|p| (p.attempt, p.step))
+            .collect()
+    };
+    assert_eq!(
+        of(a.id),
+        (101..=1200).map(|s| (1, s)).collect::<Vec<_>>(),
+        "job a after step 100, across the 1000-row page, each point once, by step"
+    );
+    assert_eq!(
+        of(b.id),
+        vec![(2, 1), (2, 2), (2, 3)],
+        "job b's attempt 2 only"
+    );
+    assert!(
+        of(theirs.id).is_empty(),
+        "another user's points are not visible"
+    );
+    assert_eq!(points.len(), 1103, "nothing else");
+    assert!(
+        api.metrics_of_jobs(&[])
+            .await
+            .expect("none asked")
+            .is_empty(),
+        "asking for no job returns nothing"
     );
 }
 

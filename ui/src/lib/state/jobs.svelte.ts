@@ -1,5 +1,5 @@
 // The job list: painted from the local cache at once (marked stale), then from the server, then
-// kept current by the shell's watcher (`JobChanged` events), which also brings the metrics the
+// kept current by the shell's watcher (`JobsChanged` events, one per poll), which also brings the metrics the
 // charts draw from and says when the server is out of reach.
 
 import { call, commands, events, wireOf } from "../api";
@@ -15,15 +15,15 @@ export class Jobs {
   offline = $state(false);
   /** Outcomes announced while the window runs, newest first. */
   finished = $state<JobAlert[]>([]);
-  /** Called with every new metrics batch: `(jobId)`. */
-  private metricsListeners = new Set<(jobId: string) => void>();
+  /** Called with every poll's new metrics: `(jobIds)`. */
+  private metricsListeners = new Set<(jobIds: string[]) => void>();
 
   running = $derived(this.items.filter((j) => isActive(j.status)).length);
 
   async start(): Promise<void> {
-    await events.jobChanged.listen(({ payload }) => this.upsert(payload.job));
+    await events.jobsChanged.listen(({ payload }) => this.upsertAll(payload.jobs));
     await events.metricsAdded.listen(({ payload }) => {
-      for (const listener of this.metricsListeners) listener(payload.job_id);
+      for (const listener of this.metricsListeners) listener(payload.job_ids);
     });
     await events.jobFinished.listen(({ payload }) => {
       this.finished = [payload.alert, ...this.finished].slice(0, 20);
@@ -43,8 +43,8 @@ export class Jobs {
     await this.fetch("server");
   }
 
-  /** Calls `listener(jobId)` when metrics arrive; returns the unsubscribe. */
-  onMetrics(listener: (jobId: string) => void): () => void {
+  /** Calls `listener(jobIds)` when metrics arrive; returns the unsubscribe. */
+  onMetrics(listener: (jobIds: string[]) => void): () => void {
     this.metricsListeners.add(listener);
     return () => this.metricsListeners.delete(listener);
   }
@@ -69,15 +69,25 @@ export class Jobs {
 
   /** A job the server changed: replaced in place, or added at the top. */
   upsert(job: TrainingJob): void {
-    const at = this.items.findIndex((j) => j.id === job.id);
-    const held = this.items[at];
-    if (held) {
+    this.upsertAll([job]);
+  }
+
+  /** Jobs the server changed (one poll's), applied in one pass over the list. */
+  upsertAll(jobs: TrainingJob[]): void {
+    const index = new Map(this.items.map((j, i) => [j.id, i]));
+    const added: TrainingJob[] = [];
+    for (const job of jobs) {
+      const at = index.get(job.id);
+      const held = at === undefined ? undefined : this.items[at];
+      if (at === undefined || !held) {
+        added.unshift(job);
+        continue;
+      }
       // The watcher may deliver an older poll after a command's answer: keep the newest.
-      if (held.updated_at > job.updated_at) return;
+      if (held.updated_at > job.updated_at) continue;
       this.items[at] = job;
-    } else {
-      this.items = [job, ...this.items];
     }
+    if (added.length > 0) this.items = [...added, ...this.items];
   }
 
   get(id: string): TrainingJob | undefined {
