@@ -45,6 +45,7 @@ fn sink(channel: Channel<Progress>) -> ProgressFn {
 #[tauri::command]
 #[specta::specta]
 pub async fn project_status(shell: State<'_, Shell>) -> Answer<ProjectStatus> {
+    crate::startup_step("first question");
     Ok(ProjectStatus {
         chosen: shell.settings().effective_choice(),
         from_environment: shell.settings().from_environment(),
@@ -255,6 +256,7 @@ pub async fn tray_present(shell: State<'_, Shell>) -> Answer<bool> {
 #[specta::specta]
 pub fn mark_painted(what: String) {
     use std::io::Write as _;
+    crate::startup_step(&format!("painted {what}"));
     if std::env::var_os("BRIGHTRUN_PAINT_MARKS").is_some() {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "painted {what}");

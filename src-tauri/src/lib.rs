@@ -42,11 +42,25 @@ pub fn install<R: Runtime>(handle: &AppHandle<R>, settings: project::Settings) {
     handle.manage(Shell::new(settings, notify));
 }
 
+/// When `run` began: start-up steps are logged (debug) against it.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Logs (debug) that start-up reached `step`, in milliseconds since `run` began.
+pub fn startup_step(step: &str) {
+    if let Some(started) = STARTED.get() {
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "start-up: {step}"
+        );
+    }
+}
+
 /// The argument with which start-at-login launches the app: watching from the tray, no window.
 const BACKGROUND: &str = "--background";
 
 /// Runs the app until the user quits; stops the sandbox it started.
 pub fn run() {
+    STARTED.get_or_init(std::time::Instant::now);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -79,10 +93,12 @@ pub fn run() {
             Some(vec![BACKGROUND]),
         ))
         .setup(move |app| {
+            startup_step("setup");
             install(app.handle(), settings);
             let handle = app.handle().clone();
             tauri::async_runtime::spawn(async move { handle.state::<Shell>().warm_up().await });
             let tray = tray::install(app.handle());
+            startup_step("tray");
             if !tray {
                 tracing::info!("running without a tray: closing the window quits");
             }
@@ -97,6 +113,12 @@ pub fn run() {
                 shell.set_visibility(brightrun_client::watch::Visibility::Background);
             }
             Ok(())
+        })
+        .on_page_load(|_, load| {
+            startup_step(match load.event() {
+                tauri::webview::PageLoadEvent::Started => "page load started",
+                tauri::webview::PageLoadEvent::Finished => "page loaded",
+            })
         })
         .on_window_event(|window, event| {
             // Close-to-tray: the window hides and watching goes on at the background cadence.

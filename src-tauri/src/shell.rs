@@ -108,9 +108,9 @@ impl Shell {
     /// them ready. Failures are left for those questions to report.
     pub async fn warm_up(&self) {
         if let Ok(app) = self.app().await {
-            tracing::debug!("warm-up: local database open");
+            crate::startup_step("local database open");
             let _ = app.session().await;
-            tracing::debug!("warm-up: session restored");
+            crate::startup_step("session restored");
         }
     }
 

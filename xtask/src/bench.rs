@@ -28,10 +28,19 @@ pub enum Which {
     All,
 }
 
-pub fn run(which: Which, minutes: u64, steady_only: bool) -> Result<ExitCode> {
+/// What `bench desktop` measures, and how long.
+#[derive(Debug, Clone)]
+pub struct DesktopParts {
+    pub minutes: u64,
+    pub steady_only: bool,
+    pub startup_only: bool,
+    pub app_log: Option<std::path::PathBuf>,
+}
+
+pub fn run(which: Which, desktop: DesktopParts) -> Result<ExitCode> {
     setup::ensure_system_packages()?;
     if matches!(which, Which::Desktop) {
-        return crate::desktop_bench::run(minutes, steady_only).map(|()| ExitCode::SUCCESS);
+        return crate::desktop_bench::run(&desktop).map(|()| ExitCode::SUCCESS);
     }
     if matches!(which, Which::Trainer | Which::All) {
         trainer()?;

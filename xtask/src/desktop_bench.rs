@@ -40,6 +40,8 @@ struct Bench {
     anchor: PathBuf,
     cli: PathBuf,
     worker: PathBuf,
+    /// Where the app's start-up steps go (`--app-log`).
+    app_log: Option<PathBuf>,
 }
 
 impl Bench {
@@ -63,6 +65,13 @@ impl Bench {
             .env("BRIGHTRUN_DATA_DIR", self.work.path().join("app"))
             .env("BRIGHTRUN_PAINT_MARKS", "1")
             .env("RUST_LOG", "warn");
+        if let Some(log) = &self.app_log
+            && let Ok(file) = std::fs::File::options().create(true).append(true).open(log)
+        {
+            command
+                .env("RUST_LOG", "warn,brightrun_desktop=debug")
+                .stderr(file);
+        }
         command
     }
 
@@ -203,6 +212,25 @@ fn start_until_painted(mut command: Command, marks: &[&str]) -> Result<(Proc, Ve
     Ok((child, at.into_iter().flatten().collect()))
 }
 
+/// Ends `proc` and waits until its WebKit processes have gone too: a launch while the last
+/// one's web and network processes are still shutting down was measured to wait for them
+/// (~0.5 s), which no user's launch does.
+fn stop_all(proc: Proc) -> Result<()> {
+    let pids = tree(proc.pid());
+    drop(proc);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids
+        .iter()
+        .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    {
+        if Instant::now() > deadline {
+            bail!("processes {pids:?} still running 30 s after the app ended");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// `root` and every process below it.
 fn tree(root: u32) -> Vec<u32> {
     let mut parents = Vec::new();
@@ -282,7 +310,13 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
-pub fn run(minutes: u64, steady_only: bool) -> Result<()> {
+pub fn run(parts: &crate::bench::DesktopParts) -> Result<()> {
+    let crate::bench::DesktopParts {
+        minutes,
+        steady_only,
+        startup_only,
+        ..
+    } = *parts;
     setup::ensure_programs(setup::DESKTOP_BUILD)?;
     setup::ensure_programs(&[
         "Xvfb",
@@ -293,7 +327,7 @@ pub fn run(minutes: u64, steady_only: bool) -> Result<()> {
         "dunst",
         "psql",
     ])?;
-    if minutes < 6 {
+    if !startup_only && minutes < 6 {
         bail!("the steady state needs at least 6 minutes (5 are averaged)");
     }
     // The app as the .deb ships it, and the anchor built the same way (release, assets in the
@@ -322,15 +356,16 @@ pub fn run(minutes: u64, steady_only: bool) -> Result<()> {
         anchor: release.join("hello-tauri"),
         cli: release.join("brightrun"),
         worker: release.join("brightrun-worker"),
+        app_log: parts.app_log.clone(),
     };
-    let result = measure(&bench, minutes, steady_only);
+    let result = measure(&bench, minutes, steady_only, startup_only);
     let Bench { stack, session, .. } = bench;
     drop(session.bus);
     stack.stop()?;
     result
 }
 
-fn measure(bench: &Bench, minutes: u64, steady_only: bool) -> Result<()> {
+fn measure(bench: &Bench, minutes: u64, steady_only: bool, startup_only: bool) -> Result<()> {
     // Notifications go to a real daemon on this bus and display; dbus-monitor timestamps each.
     let _dunst = Proc(
         bench
@@ -388,7 +423,7 @@ fn measure(bench: &Bench, minutes: u64, steady_only: bool) -> Result<()> {
     )?;
 
     // 1. Start-up, alternating the two apps.
-    let start = if steady_only {
+    let start: Option<Startup> = if steady_only {
         None
     } else {
         let mut anchor_times = Vec::new();
@@ -396,10 +431,10 @@ fn measure(bench: &Bench, minutes: u64, steady_only: bool) -> Result<()> {
         let mut fresh_times = Vec::new();
         for _ in 0..STARTS {
             let (anchor, at) = start_until_painted(bench.gui(&bench.anchor), &["list"])?;
-            drop(anchor);
+            stop_all(anchor)?;
             anchor_times.push(at[0]);
             let (app, at) = start_until_painted(bench.app(), &["datasets", "datasets-fresh"])?;
-            drop(app);
+            stop_all(app)?;
             cache_times.push(at[0]);
             fresh_times.push(at[1]);
         }
@@ -427,6 +462,14 @@ fn measure(bench: &Bench, minutes: u64, steady_only: bool) -> Result<()> {
             warm(&fresh_times),
         ))
     };
+
+    if startup_only {
+        println!("\n## Desktop, start-up (cargo xtask bench desktop --startup-only)\n");
+        if let Some(start) = &start {
+            print_startup(start);
+        }
+        return Ok(());
+    }
 
     // 2. Notification latency: the app watching; 20 jobs of ~20 s (long enough to be seen
     // running by the 10 s idle heartbeat, as real jobs are) started from the CLI end.
@@ -536,20 +579,8 @@ fn measure(bench: &Bench, minutes: u64, steady_only: bool) -> Result<()> {
     ))?;
 
     println!("\n## Desktop, whole process (cargo xtask bench desktop --minutes {minutes})\n");
-    if let Some((start_rows, anchor_median, cache_median, fresh_median)) = &start {
-        println!(
-            "| start-up (exec → painted) | first launch | median of the next {} |",
-            STARTS - 1
-        );
-        println!("|---|---|---|");
-        for (what, first, warm) in start_rows {
-            println!("| {what} | {} | {} |", ms(*first), ms(*warm));
-        }
-        println!(
-            "\nRatio, median: first list {:.2}× the anchor, the server's list {:.2}×.",
-            cache_median.as_secs_f64() / anchor_median.as_secs_f64(),
-            fresh_median.as_secs_f64() / anchor_median.as_secs_f64()
-        );
+    if let Some(start) = &start {
+        print_startup(start);
     }
     if let Some((latencies, per_job)) = &alerts {
         println!(
@@ -605,6 +636,30 @@ fn measure(bench: &Bench, minutes: u64, steady_only: bool) -> Result<()> {
 
 /// The `Notify` calls dbus-monitor prints: when each reached the bus (seconds since the epoch)
 /// and its strings joined.
+/// The start-up rows: (what, first launch, median of the rest), and the three medians.
+type Startup = (
+    [(&'static str, Duration, Duration); 3],
+    Duration,
+    Duration,
+    Duration,
+);
+
+fn print_startup((rows, anchor_median, cache_median, fresh_median): &Startup) {
+    println!(
+        "| start-up (exec → painted) | first launch | median of the next {} |",
+        STARTS - 1
+    );
+    println!("|---|---|---|");
+    for (what, first, warm) in rows {
+        println!("| {what} | {} | {} |", ms(*first), ms(*warm));
+    }
+    println!(
+        "\nRatio, median: first list {:.2}× the anchor, the server's list {:.2}×.",
+        cache_median.as_secs_f64() / anchor_median.as_secs_f64(),
+        fresh_median.as_secs_f64() / anchor_median.as_secs_f64()
+    );
+}
+
 fn notify_calls(stdout: ChildStdout) -> mpsc::Receiver<(f64, String)> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -52,8 +52,14 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         minutes: u64,
         /// `desktop`: only the steady state (memory and CPU), not start-up and latency.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "startup_only")]
         steady_only: bool,
+        /// `desktop`: only start-up.
+        #[arg(long)]
+        startup_only: bool,
+        /// `desktop`: append the app's start-up steps (debug log, ms since exec) to this file.
+        #[arg(long)]
+        app_log: Option<std::path::PathBuf>,
     },
     /// Build the window and the debug desktop app; prints the app's path as the last line.
     App,
@@ -91,7 +97,17 @@ fn main() -> ExitCode {
             which,
             minutes,
             steady_only,
-        } => bench::run(which, minutes, steady_only),
+            startup_only,
+            app_log,
+        } => bench::run(
+            which,
+            bench::DesktopParts {
+                minutes,
+                steady_only,
+                startup_only,
+                app_log,
+            },
+        ),
         Command::App => desktop::build_app().map(|path| {
             println!("{}", path.display());
             ExitCode::SUCCESS

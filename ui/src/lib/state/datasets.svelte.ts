@@ -18,6 +18,8 @@ export class Datasets {
   /** Called with every row the server changed. */
   onChanged: (dataset: Dataset) => void = () => {};
 
+  /** Listens for changes and paints the cached list; resolves then, while the server's list
+   * is asked for. */
   async start(): Promise<void> {
     // The listener and the cached list go out together (start-up time); a change that lands
     // before the listener is in place is in the server's list that follows the cache.
@@ -25,7 +27,8 @@ export class Datasets {
       this.upsert(payload.dataset);
       this.onChanged(payload.dataset);
     });
-    await Promise.all([listening, this.load()]);
+    await Promise.all([listening, this.fetch("cache")]);
+    void this.refresh();
   }
 
   /** The cache first, then the server. */
