@@ -55,6 +55,20 @@ pub fn startup_step(step: &str) {
     }
 }
 
+/// The page is one local document: WebKit's document-viewer cache model keeps no back/forward
+/// page cache and the smallest memory caches, where the default is sized for a browser.
+#[cfg(target_os = "linux")]
+fn viewer_cache_model<R: Runtime>(app: &tauri::App<R>) {
+    if let Some(window) = app.get_webview_window("main") {
+        let _ = window.with_webview(|webview| {
+            use webkit2gtk::{WebContextExt as _, WebViewExt as _};
+            if let Some(context) = webview.inner().context() {
+                context.set_cache_model(webkit2gtk::CacheModel::DocumentViewer);
+            }
+        });
+    }
+}
+
 /// The argument with which start-at-login launches the app: watching from the tray, no window.
 const BACKGROUND: &str = "--background";
 
@@ -94,6 +108,8 @@ pub fn run() {
         ))
         .setup(move |app| {
             startup_step("setup");
+            #[cfg(target_os = "linux")]
+            viewer_cache_model(app);
             install(app.handle(), settings);
             let handle = app.handle().clone();
             tauri::async_runtime::spawn(async move { handle.state::<Shell>().warm_up().await });

@@ -612,13 +612,13 @@ fn measure(bench: &Bench, minutes: u64, steady_only: bool, startup_only: bool) -
             ));
         }
         let ratio = if anchor_pss > 0.0 {
-            format!(" ({:.2}×)", total_pss / anchor_pss)
+            format!(" ({:.3}×)", total_pss / anchor_pss)
         } else {
             anchor_pss = total_pss;
             String::new()
         };
         println!(
-            "| {name} | {total_pss:.0} MiB{ratio} | {:.2} % | {} |",
+            "| {name} | {total_pss:.1} MiB{ratio} | {:.2} % | {} |",
             percent(total_ticks),
             parts.join("; ")
         );

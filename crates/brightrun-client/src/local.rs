@@ -79,7 +79,10 @@ impl LocalDb {
             // consistency; every write here can be redone from the server.
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // The database is a small cache: 512 KiB of pages per connection, not SQLite's
+            // 2 MiB (the desktop app keeps it open for days).
+            .pragma("cache_size", "-512");
         Self::connect(options).await
     }
 
@@ -94,6 +97,9 @@ impl LocalDb {
         let pool = SqlitePoolOptions::new()
             // One connection for an in-memory database: each connection would get its own.
             .max_connections(if in_memory { 1 } else { 4 })
+            // Connections beyond the one the watcher keeps busy close when idle, with their
+            // page caches and threads.
+            .idle_timeout((!in_memory).then_some(Duration::from_secs(30)))
             .connect_with(options)
             .await?;
         MIGRATOR
