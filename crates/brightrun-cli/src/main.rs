@@ -17,7 +17,7 @@ use brightrun_client::app::{
 use brightrun_client::watch::WatchEvent;
 use brightrun_client::{BuildChannel, Error, Secret};
 use brightrun_core::{
-    DatasetStatus, HyperparameterOverrides, JobDraft, JobStage, JobStatus, PresetId,
+    DatasetStatus, HyperparameterOverrides, JobDraft, JobStage, JobStatus, PresetId, ValidationMode,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt as _;
@@ -115,7 +115,13 @@ impl Status {
 #[derive(Subcommand)]
 enum DatasetsCommand {
     /// Validate a JSONL file locally and print the full report (exit code 1 on errors).
-    Validate { file: PathBuf },
+    Validate {
+        file: PathBuf,
+        /// Every rule but the context-length check, without counting tokens: a fast first pass
+        /// over a huge file. The report has no token figures.
+        #[arg(long)]
+        structural: bool,
+    },
     /// Convert a ShareGPT (v3) file to the `messages` format (v4).
     Convert {
         input: PathBuf,
@@ -474,11 +480,19 @@ async fn datasets_command(
     command: DatasetsCommand,
 ) -> Result<ExitCode, Error> {
     match command {
-        DatasetsCommand::Validate { file } => {
+        DatasetsCommand::Validate { file, structural } => {
             let bar = out.progress(ProgressMode::Auto, "validating");
-            let result = datasets::validate(
+            let mode = if structural {
+                ValidationMode::Structural
+            } else {
+                ValidationMode::Full
+            };
+            let result = datasets::validate_with(
                 app,
-                datasets::LocalFile { path: file.clone() },
+                datasets::ValidateFile {
+                    path: file.clone(),
+                    mode,
+                },
                 bar.sink(),
                 &interrupt(),
             )
