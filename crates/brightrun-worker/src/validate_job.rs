@@ -60,6 +60,7 @@ pub async fn run(ctx: Arc<Ctx>, ds: ClaimedDataset, control: Arc<Control>) {
         &ctx.storage,
         &ds.storage_bucket,
         &ds.storage_path,
+        ctx.validation_threads,
         control.stop.clone(),
     )
     .await;
