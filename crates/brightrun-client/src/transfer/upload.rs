@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use brightrun_core::dataset::validate_with_progress;
 use brightrun_core::{
-    BpeOpenAiTokenizer, CreateDatasetInput, Dataset, DatasetFormat, ValidationOptions,
-    ValidationReport,
+    BpeOpenAiTokenizer, ByteTokenizer, CreateDatasetInput, Dataset, DatasetFormat, Tokenizer,
+    ValidationMode, ValidationOptions, ValidationReport,
 };
 use brightrun_supabase::tus::{ResumableUpload, TusAuth, TusHooks, TusMetadata, TusOptions};
 use brightrun_supabase::{ApiError, RetryPolicy, Storage};
@@ -579,8 +579,16 @@ async fn validate_path(
         };
         let mut meter = Meter::new(progress, before.len());
         meter.phase(Phase::Validating, 0, before.len());
-        let tokenizer = BpeOpenAiTokenizer::cl100k_base();
-        let report = validate_with_progress(&mut reader, &options, &tokenizer, &mut |p| {
+        // A structural pass never counts, so it does not load cl100k's tables (tens of MB).
+        let cl100k;
+        let tokenizer: &dyn Tokenizer = match options.mode {
+            ValidationMode::Full => {
+                cl100k = BpeOpenAiTokenizer::cl100k_base();
+                &cl100k
+            }
+            ValidationMode::Structural => &ByteTokenizer,
+        };
+        let report = validate_with_progress(&mut reader, &options, tokenizer, &mut |p| {
             meter.set(p.bytes_read);
             if cancel.is_cancelled() {
                 std::ops::ControlFlow::Break(())
