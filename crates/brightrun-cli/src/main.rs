@@ -121,6 +121,11 @@ enum DatasetsCommand {
         /// over a huge file. The report has no token figures.
         #[arg(long)]
         structural: bool,
+        /// The base model the data is for (e.g. `openai/gpt-4o-mini`): count with its tokenizer
+        /// where BrightRun has it, and warn about conversations longer than its context where
+        /// it is known. Without it, or for another model, tokens are cl100k_base's.
+        #[arg(long, value_name = "MODEL_ID")]
+        model: Option<String>,
     },
     /// Convert a ShareGPT (v3) file to the `messages` format (v4).
     Convert {
@@ -480,7 +485,11 @@ async fn datasets_command(
     command: DatasetsCommand,
 ) -> Result<ExitCode, Error> {
     match command {
-        DatasetsCommand::Validate { file, structural } => {
+        DatasetsCommand::Validate {
+            file,
+            structural,
+            model,
+        } => {
             let bar = out.progress(ProgressMode::Auto, "validating");
             let mode = if structural {
                 ValidationMode::Structural
@@ -492,6 +501,7 @@ async fn datasets_command(
                 datasets::ValidateFile {
                     path: file.clone(),
                     mode,
+                    base_model: model,
                 },
                 bar.sink(),
                 &interrupt(),

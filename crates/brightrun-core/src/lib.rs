@@ -34,4 +34,6 @@ pub use dataset::{
 };
 pub use draft::{DraftError, HyperparameterOverrides, JobDraft};
 pub use model::*;
-pub use tokenizer::{BpeOpenAiTokenizer, ByteTokenizer, TiktokenTokenizer, Tokenizer};
+pub use tokenizer::{
+    BpeOpenAiTokenizer, ByteTokenizer, ModelTokenizer, TiktokenTokenizer, Tokenizer,
+};

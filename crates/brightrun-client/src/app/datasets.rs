@@ -2,10 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use brightrun_core::dataset::{ConversionError, ConversionSummary, convert_v3_to_v4};
+use brightrun_core::dataset::{
+    ContextWindow, ConversionError, ConversionSummary, convert_v3_to_v4,
+};
 use brightrun_core::{
-    DATASET_EXTENSIONS, DATASET_MAX_BYTES, Dataset, DatasetStatus, ValidationMode,
-    ValidationOptions, ValidationReport,
+    DATASET_EXTENSIONS, DATASET_MAX_BYTES, Dataset, DatasetStatus, ModelTokenizer, ValidationMode,
+    ValidationOptions, ValidationReport, known_context_length,
 };
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -79,6 +81,12 @@ pub struct ValidateFile {
     /// [`ValidationMode::Structural`]: every rule but the context check, no token figures.
     #[serde(default)]
     pub mode: ValidationMode,
+    /// The base model the data is for: tokens are counted with its tokenizer where
+    /// [`ModelTokenizer::for_model`] has it (cl100k_base otherwise; the report names the one
+    /// used), and conversations are checked against its context length where
+    /// [`known_context_length`] knows it.
+    #[serde(default)]
+    pub base_model: Option<String>,
 }
 
 impl ValidateFile {
@@ -86,6 +94,7 @@ impl ValidateFile {
         Self {
             path,
             mode: ValidationMode::Full,
+            base_model: None,
         }
     }
 }
@@ -98,11 +107,20 @@ pub async fn validate_with(
     cancel: &CancellationToken,
 ) -> Result<ValidationReport> {
     check_file(&request.path)?;
+    let model = request.base_model.as_deref();
+    let context_window = model.and_then(|model| {
+        Some(ContextWindow {
+            base_model: model.to_owned(),
+            max_tokens: u64::from(known_context_length(model)?),
+        })
+    });
     let options = ValidationOptions {
         mode: request.mode,
+        context_window,
         ..ValidationOptions::default()
     };
-    validate_report(&request.path, &options, progress, cancel).await
+    let tokenizer = ModelTokenizer::for_model(model);
+    validate_report(&request.path, &options, tokenizer, progress, cancel).await
 }
 
 /// Convert a ShareGPT (v3) file to the `messages` format (v4).

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use brightrun_core::dataset::validate_with_progress;
 use brightrun_core::{
-    BpeOpenAiTokenizer, ByteTokenizer, CreateDatasetInput, Dataset, DatasetFormat, Tokenizer,
+    ByteTokenizer, CreateDatasetInput, Dataset, DatasetFormat, ModelTokenizer, Tokenizer,
     ValidationMode, ValidationOptions, ValidationReport,
 };
 use brightrun_supabase::tus::{ResumableUpload, TusAuth, TusHooks, TusMetadata, TusOptions};
@@ -543,26 +543,40 @@ pub async fn validate_file(
     progress: Option<ProgressFn>,
     cancel: &CancellationToken,
 ) -> Result<(ValidationReport, Fingerprint)> {
-    match validate_path(path, options, progress, cancel, Fingerprinting::Sha256).await? {
+    let cl100k = ModelTokenizer::Cl100kBase;
+    match validate_path(
+        path,
+        options,
+        cl100k,
+        progress,
+        cancel,
+        Fingerprinting::Sha256,
+    )
+    .await?
+    {
         (report, Some(fingerprint)) => Ok((report, fingerprint)),
         (_, None) => Err(Error::Io(std::io::Error::other("the file was not hashed"))),
     }
 }
 
-/// Validates the file without hashing it: the report alone, as fast as the validator goes.
+/// Validates the file without hashing it, counting with `model`'s tokenizer: the report alone,
+/// as fast as the validator goes.
 pub async fn validate_report(
     path: &Path,
     options: &ValidationOptions,
+    model: ModelTokenizer,
     progress: Option<ProgressFn>,
     cancel: &CancellationToken,
 ) -> Result<ValidationReport> {
-    let (report, _) = validate_path(path, options, progress, cancel, Fingerprinting::None).await?;
+    let (report, _) =
+        validate_path(path, options, model, progress, cancel, Fingerprinting::None).await?;
     Ok(report)
 }
 
 async fn validate_path(
     path: &Path,
     options: &ValidationOptions,
+    model: ModelTokenizer,
     progress: Option<ProgressFn>,
     cancel: &CancellationToken,
     fingerprinting: Fingerprinting,
@@ -579,16 +593,12 @@ async fn validate_path(
         };
         let mut meter = Meter::new(progress, before.len());
         meter.phase(Phase::Validating, 0, before.len());
-        // A structural pass never counts, so it does not load cl100k's tables (tens of MB).
-        let cl100k;
-        let tokenizer: &dyn Tokenizer = match options.mode {
-            ValidationMode::Full => {
-                cl100k = BpeOpenAiTokenizer::cl100k_base();
-                &cl100k
-            }
-            ValidationMode::Structural => &ByteTokenizer,
+        // A structural pass never counts, so it does not load a tokenizer's tables (tens of MB).
+        let tokenizer: Box<dyn Tokenizer> = match options.mode {
+            ValidationMode::Full => model.tokenizer(),
+            ValidationMode::Structural => Box::new(ByteTokenizer),
         };
-        let report = validate_with_progress(&mut reader, &options, tokenizer, &mut |p| {
+        let report = validate_with_progress(&mut reader, &options, &*tokenizer, &mut |p| {
             meter.set(p.bytes_read);
             if cancel.is_cancelled() {
                 std::ops::ControlFlow::Break(())
