@@ -22,6 +22,9 @@ pub enum Which {
     Storage,
     /// The candle CPU trainer on the demo job vs the same job in PyTorch + PEFT.
     Trainer,
+    /// `brightrun datasets validate` and `upload` as whole processes on 200 and 400 MB files vs
+    /// Python + tiktoken, curl and tus-js-client; the structural pass in MB/s per core; peak RSS.
+    Validate,
     /// The desktop app as a whole process vs a hello-world Tauri 2 app: start-up, notification
     /// latency, memory and CPU with ten jobs running (not part of `all`: it takes ~15 minutes).
     Desktop,
@@ -56,13 +59,16 @@ pub fn run(which: Which, desktop: DesktopParts) -> Result<ExitCode> {
         if matches!(which, Which::Storage | Which::All) {
             storage(&stack)?;
         }
+        if matches!(which, Which::Validate | Which::All) {
+            crate::validate_bench::run(&stack)?;
+        }
         Ok(())
     })();
     stack.stop()?;
     result.map(|_| ExitCode::SUCCESS)
 }
 
-fn psql(db_url: &str, sql: &str) -> Result<String> {
+pub(crate) fn psql(db_url: &str, sql: &str) -> Result<String> {
     let out = Command::new("psql")
         .args([db_url, "-qAtX", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()
@@ -245,7 +251,7 @@ fn make_file(path: &Path) -> Result<()> {
 }
 
 /// curl's measured seconds for one transfer (it streams `-T` uploads from disk).
-fn curl(args: &[&str]) -> Result<f64> {
+pub(crate) fn curl(args: &[&str]) -> Result<f64> {
     let out = Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"])
         .args(args)
@@ -266,12 +272,12 @@ fn curl(args: &[&str]) -> Result<f64> {
         .context("curl printed no time")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn vm_hwm_kib(pid: u32) -> Result<u64> {
+pub(crate) fn vm_hwm_kib(pid: u32) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -410,11 +416,21 @@ const PYTHON_PEER: [&str; 4] = [
 ];
 
 fn python_peer() -> Result<std::path::PathBuf> {
-    let venv = setup::target_dir()?.join("peft-venv");
+    venv(
+        "peft-venv",
+        &PYTHON_PEER,
+        "import torch, peft, transformers, safetensors",
+    )
+}
+
+/// A private virtualenv in the target directory with `packages` (pinned), made once; its python.
+/// `import` is the check that it is complete.
+pub(crate) fn venv(name: &str, packages: &[&str], import: &str) -> Result<std::path::PathBuf> {
+    let venv = setup::target_dir()?.join(name);
     let python = venv.join("bin/python");
     let ready = |python: &Path| {
         Command::new(python)
-            .args(["-c", "import torch, peft, transformers, safetensors"])
+            .args(["-c", import])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
@@ -434,7 +450,7 @@ fn python_peer() -> Result<std::path::PathBuf> {
     eprintln!(
         "xtask: creating {} with {}",
         venv.display(),
-        PYTHON_PEER.join(" ")
+        packages.join(" ")
     );
     let status = Command::new("python3")
         .arg("-m")
@@ -452,10 +468,10 @@ fn python_peer() -> Result<std::path::PathBuf> {
             "--quiet",
             "--disable-pip-version-check",
         ])
-        .args(PYTHON_PEER)
+        .args(packages)
         .status()?;
     if !status.success() || !ready(&python) {
-        bail!("installing the PyTorch peer failed ({status})");
+        bail!("installing {} failed ({status})", packages.join(" "));
     }
     Ok(python)
 }

@@ -11,6 +11,7 @@ mod display;
 mod models;
 mod setup;
 mod stack;
+mod validate_bench;
 
 use std::process::ExitCode;
 

@@ -17,7 +17,7 @@ use brightrun_client::app::{
 use brightrun_client::watch::WatchEvent;
 use brightrun_client::{BuildChannel, Error, Secret};
 use brightrun_core::{
-    DatasetStatus, HyperparameterOverrides, JobDraft, JobStage, JobStatus, PresetId,
+    DatasetStatus, HyperparameterOverrides, JobDraft, JobStage, JobStatus, PresetId, ValidationMode,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt as _;
@@ -115,7 +115,18 @@ impl Status {
 #[derive(Subcommand)]
 enum DatasetsCommand {
     /// Validate a JSONL file locally and print the full report (exit code 1 on errors).
-    Validate { file: PathBuf },
+    Validate {
+        file: PathBuf,
+        /// Every rule but the context-length check, without counting tokens: a fast first pass
+        /// over a huge file. The report has no token figures.
+        #[arg(long)]
+        structural: bool,
+        /// The base model the data is for (e.g. `openai/gpt-4o-mini`): count with its tokenizer
+        /// where BrightRun has it, and warn about conversations longer than its context where
+        /// it is known. Without it, or for another model, tokens are cl100k_base's.
+        #[arg(long, value_name = "MODEL_ID")]
+        model: Option<String>,
+    },
     /// Convert a ShareGPT (v3) file to the `messages` format (v4).
     Convert {
         input: PathBuf,
@@ -474,11 +485,24 @@ async fn datasets_command(
     command: DatasetsCommand,
 ) -> Result<ExitCode, Error> {
     match command {
-        DatasetsCommand::Validate { file } => {
+        DatasetsCommand::Validate {
+            file,
+            structural,
+            model,
+        } => {
             let bar = out.progress(ProgressMode::Auto, "validating");
-            let result = datasets::validate(
+            let mode = if structural {
+                ValidationMode::Structural
+            } else {
+                ValidationMode::Full
+            };
+            let result = datasets::validate_with(
                 app,
-                datasets::LocalFile { path: file.clone() },
+                datasets::ValidateFile {
+                    path: file.clone(),
+                    mode,
+                    base_model: model,
+                },
                 bar.sink(),
                 &interrupt(),
             )

@@ -29,9 +29,11 @@ pub use artifact::{
 };
 pub use cost::{BudgetStatus, CostEstimate, CostEstimateInputs, CostModelError};
 pub use dataset::{
-    DatasetStatistics, FormatGuess, Issue, IssueCode, Severity, ValidationOptions,
+    DatasetStatistics, FormatGuess, Issue, IssueCode, Severity, ValidationMode, ValidationOptions,
     ValidationReport, Validator, ValidatorError, detect_format, validate,
 };
 pub use draft::{DraftError, HyperparameterOverrides, JobDraft};
 pub use model::*;
-pub use tokenizer::{BpeOpenAiTokenizer, ByteTokenizer, TiktokenTokenizer, Tokenizer};
+pub use tokenizer::{
+    BpeOpenAiTokenizer, ByteTokenizer, ModelTokenizer, TiktokenTokenizer, Tokenizer,
+};

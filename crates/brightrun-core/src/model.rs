@@ -782,6 +782,7 @@ pub fn known_context_length(base_model: &str) -> Option<u32> {
         ("llama-2-", 4_096),
         ("qwen2.5", 32_768),
         ("smollm2", 8_192),
+        ("byte-llama-tiny", 512),
         ("gemma-2", 8_192),
         ("phi-3-mini-4k", 4_096),
     ];

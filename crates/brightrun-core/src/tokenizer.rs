@@ -118,6 +118,50 @@ impl Tokenizer for BpeOpenAiTokenizer {
     }
 }
 
+/// Which tokenizer counts for a base model: the model's own where this crate has it, cl100k_base
+/// (the stand-in for Llama/Mistral-size vocabularies) otherwise. The report names the one used
+/// ([`TokenStatistics::tokenizer`](crate::dataset::TokenStatistics)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelTokenizer {
+    /// The worker's byte-level CPU model (`brightrun/byte-llama-tiny`): [`ByteTokenizer`].
+    Bytes,
+    /// OpenAI's GPT-4o / GPT-4.1 / o-series models: o200k_base ([`TiktokenTokenizer`]).
+    O200kBase,
+    /// GPT-4 and GPT-3.5 (their own), and every model not listed here: [`BpeOpenAiTokenizer`].
+    Cl100kBase,
+}
+
+impl ModelTokenizer {
+    /// The tokenizer for `base_model` (a model id like `openai/gpt-4o-mini`); cl100k_base when
+    /// there is no model or this crate does not have its tokenizer.
+    pub fn for_model(base_model: Option<&str>) -> Self {
+        let Some(model) = base_model else {
+            return Self::Cl100kBase;
+        };
+        let model = model.to_ascii_lowercase();
+        let name = model.rsplit('/').next().unwrap_or(&model);
+        if name == "byte-llama-tiny" {
+            Self::Bytes
+        } else if ["gpt-4o", "gpt-4.1", "o1", "o3", "o4-mini"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            Self::O200kBase
+        } else {
+            Self::Cl100kBase
+        }
+    }
+
+    /// The counter. cl100k and o200k share their tables with every other user in the process.
+    pub fn tokenizer(self) -> Box<dyn Tokenizer> {
+        match self {
+            Self::Bytes => Box::new(ByteTokenizer),
+            Self::O200kBase => Box::new(TiktokenTokenizer::new(TiktokenEncoding::O200kBase)),
+            Self::Cl100kBase => Box::new(BpeOpenAiTokenizer::cl100k_base()),
+        }
+    }
+}
+
 /// One token per UTF-8 byte: the tokenizer of the worker's byte-level CPU model.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ByteTokenizer;

@@ -97,11 +97,13 @@ async fn blocking_reader(
     Ok(tokio_util::io::SyncIoBridge::new(reader))
 }
 
-/// Streams the object through the validator. `stop` aborts the run (lease lost, shutdown).
+/// Streams the object through the validator on `threads` threads. `stop` aborts the run (lease
+/// lost, shutdown).
 pub async fn validate_object(
     storage: &Storage,
     bucket: &str,
     path: &str,
+    threads: usize,
     stop: Arc<AtomicBool>,
 ) -> Result<Validated, DatasetError> {
     let reader = blocking_reader(storage, bucket, path).await?;
@@ -112,7 +114,10 @@ pub async fn validate_object(
             newlines: 0,
         };
         let tokenizer = BpeOpenAiTokenizer::cl100k_base();
-        let options = ValidationOptions::default();
+        let options = ValidationOptions {
+            threads: Some(threads.max(1)),
+            ..ValidationOptions::default()
+        };
         let report = validate_with_progress(&mut tap, &options, &tokenizer, &mut |_| {
             if stop.load(Ordering::Relaxed) {
                 ControlFlow::Break(())

@@ -52,6 +52,10 @@ struct Args {
     /// Jobs run at once.
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
+    /// Threads one dataset validation uses. Default: the cores divided among `--concurrency`
+    /// jobs (at least one), so validations side by side do not oversubscribe the cores.
+    #[arg(long)]
+    validation_threads: Option<usize>,
     #[arg(long, value_enum, default_value_t = BackendName::Candle)]
     backend: BackendName,
     /// Defaults to `worker-<host>-<pid>`.
@@ -242,6 +246,7 @@ async fn serve(args: Args) -> Result<()> {
         format!("worker-{host}-{}", std::process::id())
     });
     config.concurrency = args.concurrency.max(1);
+    config.validation_threads = args.validation_threads.map(|n| n.max(1));
     config.policy = QueuePolicy {
         lease: ms(args.lease_ms),
         base_backoff: ms(args.retry_backoff_ms),

@@ -72,6 +72,27 @@ pub struct WorkerConfig {
     pub progress_interval: Duration,
     /// Claim only these users' work (dedicated capacity for a tenant; isolates test runs).
     pub only_users: Option<Vec<Uuid>>,
+    /// Threads one dataset validation checks lines on. `None`: the cores divided among the
+    /// `concurrency` jobs that may run at once ([`validation_threads`]), so validations side by
+    /// side never start more threads than there are cores.
+    pub validation_threads: Option<usize>,
+}
+
+/// Threads per validation when `concurrency` jobs share `cores`: an equal share, at least one.
+/// Their sum over `concurrency` validations is at most `max(cores, concurrency)`.
+pub fn validation_threads(cores: usize, concurrency: usize) -> usize {
+    (cores / concurrency.max(1)).max(1)
+}
+
+impl WorkerConfig {
+    /// The thread count each validation uses: [`Self::validation_threads`], or this machine's
+    /// share.
+    pub fn threads_per_validation(&self) -> usize {
+        self.validation_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            validation_threads(cores, self.concurrency)
+        })
+    }
 }
 
 impl WorkerConfig {
@@ -95,6 +116,7 @@ impl WorkerConfig {
             shutdown_grace: Duration::from_secs(20),
             progress_interval: Duration::from_millis(250),
             only_users: None,
+            validation_threads: None,
         }
     }
 }
@@ -124,6 +146,8 @@ pub struct Ctx {
     pub work_dir: PathBuf,
     pub heartbeat: Duration,
     pub progress_interval: Duration,
+    /// Threads per dataset validation ([`WorkerConfig::threads_per_validation`]).
+    pub validation_threads: usize,
 }
 
 /// What one worker did, for logs and benchmarks.
@@ -176,6 +200,7 @@ pub async fn run(
         work_dir: config.work_dir.clone(),
         heartbeat: config.heartbeat,
         progress_interval: config.progress_interval,
+        validation_threads: config.threads_per_validation(),
     });
     let controls: Arc<Mutex<HashMap<Uuid, Arc<Control>>>> = Arc::default();
     let work_ready = Arc::new(Notify::new());
@@ -346,4 +371,48 @@ async fn claim_next(ctx: &Ctx) -> Result<Option<Work>, crate::queue::QueueError>
         .claim_job()
         .await?
         .map(|job| Work::Job(Box::new(job))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validations_side_by_side_share_the_cores() {
+        for cores in 1..=16 {
+            for concurrency in 1..=8 {
+                let each = validation_threads(cores, concurrency);
+                assert!(each >= 1, "a validation always gets a thread");
+                assert!(
+                    each * concurrency <= cores.max(concurrency),
+                    "{concurrency} validations of {each} threads oversubscribe {cores} cores"
+                );
+            }
+        }
+        assert_eq!(validation_threads(2, 1), 2, "one job alone uses every core");
+        assert_eq!(
+            validation_threads(2, 2),
+            1,
+            "two jobs on two cores: one each"
+        );
+        assert_eq!(validation_threads(8, 3), 2, "an equal share, rounded down");
+    }
+
+    #[test]
+    fn an_operators_thread_count_wins() {
+        let mut config = WorkerConfig::new(
+            String::new(),
+            String::new(),
+            Secret::new("k".to_owned()),
+            PathBuf::new(),
+        );
+        config.concurrency = 64;
+        assert_eq!(
+            config.threads_per_validation(),
+            1,
+            "64 jobs on any test machine get one thread each"
+        );
+        config.validation_threads = Some(3);
+        assert_eq!(config.threads_per_validation(), 3, "the operator's count");
+    }
 }

@@ -60,6 +60,7 @@ pub async fn run(ctx: Arc<Ctx>, ds: ClaimedDataset, control: Arc<Control>) {
         &ctx.storage,
         &ds.storage_bucket,
         &ds.storage_path,
+        ctx.validation_threads,
         control.stop.clone(),
     )
     .await;
@@ -108,7 +109,10 @@ pub async fn run(ctx: Arc<Ctx>, ds: ClaimedDataset, control: Arc<Control>) {
                 total_training_pairs: columns.total_training_pairs,
                 total_validation_pairs: columns.total_validation_pairs,
                 total_tokens: columns.total_tokens,
-                training_tokens: i64::try_from(stats.tokens.billable_per_epoch).unwrap_or(i64::MAX),
+                // The worker validates in full, so the token figures are there.
+                training_tokens: stats.tokens.as_ref().map_or(0, |t| {
+                    i64::try_from(t.billable_per_epoch).unwrap_or(i64::MAX)
+                }),
                 avg_turns_per_conversation: columns.avg_turns_per_conversation,
                 avg_tokens_per_turn: columns.avg_tokens_per_turn,
                 statistics,

@@ -2,10 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use brightrun_core::dataset::{ConversionError, ConversionSummary, convert_v3_to_v4};
+use brightrun_core::dataset::{
+    ContextWindow, ConversionError, ConversionSummary, convert_v3_to_v4,
+};
 use brightrun_core::{
-    DATASET_EXTENSIONS, DATASET_MAX_BYTES, Dataset, DatasetStatus, ValidationOptions,
-    ValidationReport,
+    DATASET_EXTENSIONS, DATASET_MAX_BYTES, Dataset, DatasetStatus, ModelTokenizer, ValidationMode,
+    ValidationOptions, ValidationReport, known_context_length,
 };
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -14,7 +16,7 @@ use uuid::Uuid;
 use crate::api::DatasetChanges;
 use crate::app::{App, CancellationToken, Listing, ProgressFn, Refresh, cancellable};
 use crate::error::{Error, Result};
-use crate::transfer::upload::validate_file;
+use crate::transfer::upload::validate_report;
 use crate::transfer::{UploadOptions, UploadOutcome, UploadRequest, UploadStateStore, Uploader};
 
 /// A local dataset file.
@@ -64,20 +66,61 @@ pub fn check_file(path: &Path) -> Result<u64> {
 /// The full local report: every error and warning with line, field and suggestion, and the
 /// statistics (token counts from cl100k). Nothing is sent.
 pub async fn validate(
-    _app: &App,
+    app: &App,
     request: LocalFile,
     progress: Option<ProgressFn>,
     cancel: &CancellationToken,
 ) -> Result<ValidationReport> {
+    validate_with(app, ValidateFile::full(request.path), progress, cancel).await
+}
+
+/// A local validation with a choice of what it computes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidateFile {
+    pub path: PathBuf,
+    /// [`ValidationMode::Structural`]: every rule but the context check, no token figures.
+    #[serde(default)]
+    pub mode: ValidationMode,
+    /// The base model the data is for: tokens are counted with its tokenizer where
+    /// [`ModelTokenizer::for_model`] has it (cl100k_base otherwise; the report names the one
+    /// used), and conversations are checked against its context length where
+    /// [`known_context_length`] knows it.
+    #[serde(default)]
+    pub base_model: Option<String>,
+}
+
+impl ValidateFile {
+    pub fn full(path: PathBuf) -> Self {
+        Self {
+            path,
+            mode: ValidationMode::Full,
+            base_model: None,
+        }
+    }
+}
+
+/// [`validate`] with a [`ValidateFile`]'s choices. The file is not hashed (nothing is sent).
+pub async fn validate_with(
+    _app: &App,
+    request: ValidateFile,
+    progress: Option<ProgressFn>,
+    cancel: &CancellationToken,
+) -> Result<ValidationReport> {
     check_file(&request.path)?;
-    let (report, _) = validate_file(
-        &request.path,
-        &ValidationOptions::default(),
-        progress,
-        cancel,
-    )
-    .await?;
-    Ok(report)
+    let model = request.base_model.as_deref();
+    let context_window = model.and_then(|model| {
+        Some(ContextWindow {
+            base_model: model.to_owned(),
+            max_tokens: u64::from(known_context_length(model)?),
+        })
+    });
+    let options = ValidationOptions {
+        mode: request.mode,
+        context_window,
+        ..ValidationOptions::default()
+    };
+    let tokenizer = ModelTokenizer::for_model(model);
+    validate_report(&request.path, &options, tokenizer, progress, cancel).await
 }
 
 /// Convert a ShareGPT (v3) file to the `messages` format (v4).

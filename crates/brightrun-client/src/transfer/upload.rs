@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use brightrun_core::dataset::validate_with_progress;
 use brightrun_core::{
-    BpeOpenAiTokenizer, CreateDatasetInput, Dataset, DatasetFormat, ValidationOptions,
-    ValidationReport,
+    ByteTokenizer, CreateDatasetInput, Dataset, DatasetFormat, ModelTokenizer, Tokenizer,
+    ValidationMode, ValidationOptions, ValidationReport,
 };
 use brightrun_supabase::tus::{ResumableUpload, TusAuth, TusHooks, TusMetadata, TusOptions};
 use brightrun_supabase::{ApiError, RetryPolicy, Storage};
@@ -510,17 +510,29 @@ fn check_unchanged(path: &Path, fingerprint: &Fingerprint) -> Result<()> {
     Ok(())
 }
 
+/// Feeds what it reads to the SHA-256 when there is one.
 struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
         Ok(n)
     }
+}
+
+/// Whether a validation pass also hashes the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fingerprinting {
+    /// For an upload: the SHA-256 of the whole file, its size and mtime.
+    Sha256,
+    /// For a report only.
+    None,
 }
 
 /// Validates the file and fingerprints it in the same pass (on a blocking thread). Stops with
@@ -531,6 +543,44 @@ pub async fn validate_file(
     progress: Option<ProgressFn>,
     cancel: &CancellationToken,
 ) -> Result<(ValidationReport, Fingerprint)> {
+    let cl100k = ModelTokenizer::Cl100kBase;
+    match validate_path(
+        path,
+        options,
+        cl100k,
+        progress,
+        cancel,
+        Fingerprinting::Sha256,
+    )
+    .await?
+    {
+        (report, Some(fingerprint)) => Ok((report, fingerprint)),
+        (_, None) => Err(Error::Io(std::io::Error::other("the file was not hashed"))),
+    }
+}
+
+/// Validates the file without hashing it, counting with `model`'s tokenizer: the report alone,
+/// as fast as the validator goes.
+pub async fn validate_report(
+    path: &Path,
+    options: &ValidationOptions,
+    model: ModelTokenizer,
+    progress: Option<ProgressFn>,
+    cancel: &CancellationToken,
+) -> Result<ValidationReport> {
+    let (report, _) =
+        validate_path(path, options, model, progress, cancel, Fingerprinting::None).await?;
+    Ok(report)
+}
+
+async fn validate_path(
+    path: &Path,
+    options: &ValidationOptions,
+    model: ModelTokenizer,
+    progress: Option<ProgressFn>,
+    cancel: &CancellationToken,
+    fingerprinting: Fingerprinting,
+) -> Result<(ValidationReport, Option<Fingerprint>)> {
     let path = path.to_owned();
     let options = options.clone();
     let cancel = cancel.clone();
@@ -539,12 +589,16 @@ pub async fn validate_file(
         let file = std::fs::File::open(&path)?;
         let mut reader = HashingReader {
             inner: std::io::BufReader::with_capacity(256 * 1024, file),
-            hasher: Sha256::new(),
+            hasher: (fingerprinting == Fingerprinting::Sha256).then(Sha256::new),
         };
         let mut meter = Meter::new(progress, before.len());
         meter.phase(Phase::Validating, 0, before.len());
-        let tokenizer = BpeOpenAiTokenizer::cl100k_base();
-        let report = validate_with_progress(&mut reader, &options, &tokenizer, &mut |p| {
+        // A structural pass never counts, so it does not load a tokenizer's tables (tens of MB).
+        let tokenizer: Box<dyn Tokenizer> = match options.mode {
+            ValidationMode::Full => model.tokenizer(),
+            ValidationMode::Structural => Box::new(ByteTokenizer),
+        };
+        let report = validate_with_progress(&mut reader, &options, &*tokenizer, &mut |p| {
             meter.set(p.bytes_read);
             if cancel.is_cancelled() {
                 std::ops::ControlFlow::Break(())
@@ -558,17 +612,27 @@ pub async fn validate_file(
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        // The validator reads to the end unless stopped; hash whatever is left anyway.
-        std::io::copy(&mut reader, &mut std::io::sink())?;
-        let after = std::fs::metadata(&path)?;
-        let fingerprint = Fingerprint {
-            size: after.len(),
-            mtime_ns: mtime_ns(&after),
-            sha256: hex::encode(reader.hasher.finalize()),
+        let sha256 = match reader.hasher.take() {
+            Some(hasher) => {
+                // The validator reads to the end unless stopped; hash whatever is left anyway.
+                let mut rest = HashingReader {
+                    inner: reader.inner,
+                    hasher: Some(hasher),
+                };
+                std::io::copy(&mut rest, &mut std::io::sink())?;
+                rest.hasher.map(|h| hex::encode(h.finalize()))
+            }
+            None => None,
         };
-        if before.len() != after.len() || mtime_ns(&before) != fingerprint.mtime_ns {
+        let after = std::fs::metadata(&path)?;
+        if before.len() != after.len() || mtime_ns(&before) != mtime_ns(&after) {
             return Err(Error::FileChanged(path));
         }
+        let fingerprint = sha256.map(|sha256| Fingerprint {
+            size: after.len(),
+            mtime_ns: mtime_ns(&after),
+            sha256,
+        });
         Ok((report, fingerprint))
     })
     .await

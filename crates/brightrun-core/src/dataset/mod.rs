@@ -20,6 +20,6 @@ pub use report::{
     SplitCounts, SplitSource, TokenStatistics, TurnStatistics, ValidationReport,
 };
 pub use validate::{
-    ContextWindow, DEFAULT_HOLDOUT_PERCENT, Progress, ValidationOptions, Validator, ValidatorError,
-    in_holdout, line_hash, validate, validate_with_progress,
+    ContextWindow, DEFAULT_HOLDOUT_PERCENT, Progress, ValidationMode, ValidationOptions, Validator,
+    ValidatorError, in_holdout, line_hash, validate, validate_with_progress,
 };

@@ -131,7 +131,12 @@ pub struct SplitCounts {
     pub conversations: u64,
     /// One per assistant turn with weight 1 (the default): the turn and the context before it.
     pub pairs: u64,
-    pub tokens: u64,
+    // `None` when the tokens were not counted (`ValidationMode::Structural`), never 0 for that.
+    // Plain comments, not doc comments, here and on `DatasetStatistics::tokens`: the desktop's
+    // TypeScript bindings are generated from these types, and the desktop only ever asks for
+    // full reports, so its binding keeps the field non-null.
+    #[cfg_attr(feature = "specta", specta(type = u64))]
+    pub tokens: Option<u64>,
 }
 
 /// Message counts. A turn is one message, of any role.
@@ -178,7 +183,10 @@ pub struct DatasetStatistics {
     pub validation: SplitCounts,
     pub split_source: SplitSource,
     pub turns: TurnStatistics,
-    pub tokens: TokenStatistics,
+    // `None` when the tokens were not counted (`ValidationMode::Structural`): see
+    // `SplitCounts::tokens`.
+    #[cfg_attr(feature = "specta", specta(type = TokenStatistics))]
+    pub tokens: Option<TokenStatistics>,
     /// Lines that repeat an earlier line byte for byte.
     pub duplicates: u64,
 }
@@ -236,9 +244,11 @@ impl ValidationReport {
         DatasetValidationColumns {
             total_training_pairs: count(stats.training.pairs),
             total_validation_pairs: count(stats.validation.pairs),
-            total_tokens: count(stats.tokens.total),
+            // A structural report has no token figures; the worker, the only writer of these
+            // columns, always counts them.
+            total_tokens: count(stats.tokens.as_ref().map_or(0, |t| t.total)),
             avg_turns_per_conversation: stats.turns.avg_per_conversation,
-            avg_tokens_per_turn: stats.tokens.avg_per_turn,
+            avg_tokens_per_turn: stats.tokens.as_ref().map_or(0.0, |t| t.avg_per_turn),
             training_ready: self.is_valid(),
             validation_errors: self
                 .errors

@@ -9,5 +9,6 @@ mod draft;
 mod model;
 mod parallel;
 mod props;
+mod structural;
 mod tokenizer;
 mod validator;

@@ -74,7 +74,7 @@ fn same_report_for_any_thread_count(
     single
 }
 
-fn corpus_files() -> Vec<(String, Vec<u8>)> {
+pub fn corpus_files() -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("the corpus directory exists")
@@ -320,7 +320,7 @@ fn token_percentiles_and_context_warnings_match_with_the_real_tokenizer() {
         &options,
         &TiktokenTokenizer::cl100k_base(),
     );
-    let tokens = &report.statistics.tokens;
+    let tokens = report.statistics.tokens.as_ref().expect("tokens counted");
     assert!(
         tokens.p50_per_conversation < tokens.p95_per_conversation
             && tokens.p95_per_conversation <= tokens.max_per_conversation,

@@ -214,3 +214,60 @@ proptest! {
         prop_assert!(differences.is_empty(), "{}", differences.join("\n"));
     }
 }
+
+#[test]
+fn a_base_model_gets_its_own_tokenizer_where_this_crate_has_it() {
+    use brightrun_core::ModelTokenizer;
+    let cases = [
+        (
+            Some("brightrun/byte-llama-tiny"),
+            ModelTokenizer::Bytes,
+            "bytes",
+        ),
+        (
+            Some("openai/gpt-4o-mini"),
+            ModelTokenizer::O200kBase,
+            "o200k_base",
+        ),
+        (
+            Some("gpt-4.1-nano"),
+            ModelTokenizer::O200kBase,
+            "o200k_base",
+        ),
+        (
+            Some("gpt-4-turbo"),
+            ModelTokenizer::Cl100kBase,
+            "cl100k_base",
+        ),
+        (
+            Some("mistralai/Mistral-7B-v0.1"),
+            ModelTokenizer::Cl100kBase,
+            "cl100k_base",
+        ),
+        (None, ModelTokenizer::Cl100kBase, "cl100k_base"),
+    ];
+    for (model, expected, name) in cases {
+        let chosen = ModelTokenizer::for_model(model);
+        assert_eq!(chosen, expected, "{model:?}");
+        assert_eq!(
+            chosen.tokenizer().name(),
+            name,
+            "{model:?} counts with {name}"
+        );
+    }
+    let text = "Ça va? 👍 tokens";
+    assert_eq!(
+        ModelTokenizer::Bytes.tokenizer().count_tokens(text),
+        text.len() as u64,
+        "the byte model: one token per byte"
+    );
+    assert_ne!(
+        ModelTokenizer::O200kBase
+            .tokenizer()
+            .count_tokens(&"我们今天去公园散步".repeat(20)),
+        ModelTokenizer::Cl100kBase
+            .tokenizer()
+            .count_tokens(&"我们今天去公园散步".repeat(20)),
+        "o200k and cl100k really are different vocabularies"
+    );
+}

@@ -41,6 +41,10 @@ fn a_clean_dataset_is_valid_with_byte_exact_statistics() {
         "messages lines are v4"
     );
     let stats = &report.statistics;
+    let tokens = stats
+        .tokens
+        .as_ref()
+        .expect("a full validation counts tokens");
     assert_eq!(stats.conversations, 20, "every line counts");
     assert_eq!(stats.turns.total, 40, "two messages per line");
     assert_eq!(
@@ -52,24 +56,20 @@ fn a_clean_dataset_is_valid_with_byte_exact_statistics() {
         .map(|i| if i < 10 { 2 * (2 + 2) } else { 2 * (3 + 2) })
         .sum();
     assert_eq!(
-        stats.tokens.total, expected_tokens,
+        tokens.total, expected_tokens,
         "byte tokenizer counts content bytes + overhead"
     );
+    assert_eq!(tokens.assistant, 10 * 2 + 10 * 3, "assistant content bytes");
     assert_eq!(
-        stats.tokens.assistant,
-        10 * 2 + 10 * 3,
-        "assistant content bytes"
-    );
-    assert_eq!(
-        stats.tokens.max_per_conversation, 10,
+        tokens.max_per_conversation, 10,
         "longest line: 3+2 bytes per message × 2"
     );
     assert_eq!(
-        stats.tokens.p50_per_conversation, 8,
+        tokens.p50_per_conversation, 8,
         "nearest rank 10 of 20 is a short line"
     );
     assert_eq!(
-        stats.tokens.p95_per_conversation, 10,
+        tokens.p95_per_conversation, 10,
         "nearest rank 19 of 20 is a long line"
     );
     assert_eq!(
@@ -132,7 +132,8 @@ fn one_split_mark_switches_the_whole_file_to_marks() {
     );
     assert_eq!(stats.training.conversations, 30, "unmarked lines train");
     assert_eq!(
-        stats.tokens.billable_per_epoch, stats.training.tokens,
+        stats.tokens.as_ref().map(|t| t.billable_per_epoch),
+        stats.training.tokens,
         "billable tokens are the training split's"
     );
 }
@@ -145,7 +146,7 @@ fn billable_tokens_multiply_by_epochs() {
         ..ValidationOptions::default()
     };
     let report = validate(text.as_bytes(), &options, &ByteTokenizer).expect("read");
-    let tokens = &report.statistics.tokens;
+    let tokens = report.statistics.tokens.as_ref().expect("tokens counted");
     assert_eq!(tokens.epochs, 4, "epochs echo the options");
     assert_eq!(
         tokens.estimated_billable,
