@@ -370,7 +370,8 @@ export type DatasetStatistics = {
 	validation: SplitCounts,
 	split_source: SplitSource,
 	turns: TurnStatistics,
-	tokens: TokenStatistics,
+	/**  `None` when the tokens were not counted (`ValidationMode::Structural`). */
+	tokens: TokenStatistics | null,
 	/**  Lines that repeat an earlier line byte for byte. */
 	duplicates: number,
 };
@@ -877,7 +878,8 @@ export type SplitCounts = {
 	conversations: number,
 	/**  One per assistant turn with weight 1 (the default): the turn and the context before it. */
 	pairs: number,
-	tokens: number,
+	/**  `None` when the tokens were not counted (`ValidationMode::Structural`), never 0 for that. */
+	tokens: number | null,
 };
 
 /**  Where the train/validation split came from. */

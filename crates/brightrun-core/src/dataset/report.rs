@@ -131,11 +131,7 @@ pub struct SplitCounts {
     pub conversations: u64,
     /// One per assistant turn with weight 1 (the default): the turn and the context before it.
     pub pairs: u64,
-    // `None` when the tokens were not counted (`ValidationMode::Structural`), never 0 for that.
-    // Plain comments, not doc comments, here and on `DatasetStatistics::tokens`: the desktop's
-    // TypeScript bindings are generated from these types, and the desktop only ever asks for
-    // full reports, so its binding keeps the field non-null.
-    #[cfg_attr(feature = "specta", specta(type = u64))]
+    /// `None` when the tokens were not counted (`ValidationMode::Structural`), never 0 for that.
     pub tokens: Option<u64>,
 }
 
@@ -183,9 +179,7 @@ pub struct DatasetStatistics {
     pub validation: SplitCounts,
     pub split_source: SplitSource,
     pub turns: TurnStatistics,
-    // `None` when the tokens were not counted (`ValidationMode::Structural`): see
-    // `SplitCounts::tokens`.
-    #[cfg_attr(feature = "specta", specta(type = TokenStatistics))]
+    /// `None` when the tokens were not counted (`ValidationMode::Structural`).
     pub tokens: Option<TokenStatistics>,
     /// Lines that repeat an earlier line byte for byte.
     pub duplicates: u64,
