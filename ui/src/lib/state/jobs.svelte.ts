@@ -7,7 +7,9 @@ import type { JobAlert, TrainingJob, WireError } from "../bindings";
 import { isActive } from "../jobs";
 
 export class Jobs {
-  items = $state<TrainingJob[]>([]);
+  /** Replaced, never changed in place: rows arrive whole every poll, and a raw array spares the
+   * page a deep reactive proxy of each (the shown window's CPU while jobs run). */
+  items = $state.raw<TrainingJob[]>([]);
   stale = $state(true);
   loaded = $state(false);
   error = $state<WireError | null>(null);
@@ -74,20 +76,23 @@ export class Jobs {
 
   /** Jobs the server changed (one poll's), applied in one pass over the list. */
   upsertAll(jobs: TrainingJob[]): void {
-    const index = new Map(this.items.map((j, i) => [j.id, i]));
+    const items = [...this.items];
+    const index = new Map(items.map((j, i) => [j.id, i]));
     const added: TrainingJob[] = [];
+    let changed = false;
     for (const job of jobs) {
       const at = index.get(job.id);
-      const held = at === undefined ? undefined : this.items[at];
+      const held = at === undefined ? undefined : items[at];
       if (at === undefined || !held) {
         added.unshift(job);
         continue;
       }
       // The watcher may deliver an older poll after a command's answer: keep the newest.
       if (held.updated_at > job.updated_at) continue;
-      this.items[at] = job;
+      items[at] = job;
+      changed = true;
     }
-    if (added.length > 0) this.items = [...added, ...this.items];
+    if (added.length > 0 || changed) this.items = [...added, ...items];
   }
 
   get(id: string): TrainingJob | undefined {
