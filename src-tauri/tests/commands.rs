@@ -357,7 +357,7 @@ fn a_job_is_checked_estimated_created_and_drawn() {
         )
         .expect("list");
     let (tx, rx) = mpsc::channel::<Value>();
-    shell.app.listen_any("job-changed", move |event| {
+    shell.app.listen_any("jobs-changed", move |event| {
         let _ = tx.send(serde_json::from_str(event.payload()).expect("JSON"));
     });
     let draft = |overrides: Value, gpu_count: u32| {
@@ -411,14 +411,14 @@ fn a_job_is_checked_estimated_created_and_drawn() {
         "{two} vs {five}"
     );
 
-    // Created: the answer and a job-changed event; clone gives the same settings back.
+    // Created: the answer and a jobs-changed event; clone gives the same settings back.
     let created = shell
         .invoke("create_job", draft(json!({ "num_epochs": 2 }), 1))
         .expect("create");
     let job = created["job"]["id"].clone();
     assert_eq!(created["job"]["status"], json!("queued"), "{created}");
     let event = rx.recv_timeout(Duration::from_secs(10)).expect("an event");
-    assert_eq!(event["job"]["id"], job, "{event}");
+    assert_eq!(event["jobs"][0]["id"], job, "{event}");
     let cloned = shell
         .invoke("clone_job", json!({ "request": { "id": job } }))
         .expect("clone");

@@ -45,40 +45,35 @@ pub struct Display {
 
 impl Display {
     pub fn start(width: u32, height: u32) -> Self {
-        let number = (90..200)
-            .find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())
-            .expect("a free display number");
-        let name = format!(":{number}");
-        let server = Command::new("Xvfb")
+        // Xvfb picks a free display number itself and prints it once it accepts connections:
+        // tests starting displays side by side must not choose the same free number.
+        let mut server = Command::new("Xvfb")
             .args([
-                &name,
+                "-displayfd",
+                "1",
                 "-screen",
                 "0",
                 &format!("{width}x{height}x24"),
                 "-nolisten",
                 "tcp",
             ])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("Xvfb starts (apt-get install xvfb)");
+        let stdout = server.stdout.take().expect("Xvfb's stdout");
         let server = Guard(server);
-        for _ in 0..200 {
-            let up = Command::new("xdpyinfo")
-                .args(["-display", &name])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if up {
-                return Self {
-                    name,
-                    _server: server,
-                };
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let mut number = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut number)
+            .expect("Xvfb's display number");
+        let number: u32 = number
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("Xvfb did not come up (it printed {number:?})"));
+        Self {
+            name: format!(":{number}"),
+            _server: server,
         }
-        panic!("Xvfb {name} did not come up");
     }
 
     /// `program` on this display.
