@@ -2,7 +2,6 @@
 //! benchmarks): a virtual X display (Xvfb), a private session bus with an unlocked keyring.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,30 +18,34 @@ pub struct Xvfb {
 
 impl Xvfb {
     pub fn start() -> Result<Self> {
-        let number = (90..200)
-            .find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())
-            .context("no free X display number")?;
-        let name = format!(":{number}");
-        let server = Command::new("Xvfb")
-            .args([&name, "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
-            .stdout(Stdio::null())
+        // Xvfb picks a free display number itself (reclaiming the locks of servers that were
+        // killed) and prints it once it accepts connections.
+        let mut server = Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                "1280x800x24",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .context("starting Xvfb")?;
-        let display = Self { name, server };
-        for _ in 0..200 {
-            let up = Command::new("xdpyinfo")
-                .args(["-display", &display.name])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if up {
-                return Ok(display);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let stdout = server.stdout.take().context("Xvfb's stdout")?;
+        let mut number = String::new();
+        let read = BufReader::new(stdout).read_line(&mut number);
+        let display = Self {
+            name: format!(":{}", number.trim()),
+            server,
+        };
+        read.context("reading Xvfb's display number")?;
+        if number.trim().parse::<u32>().is_err() {
+            bail!("Xvfb did not come up (it printed {number:?})");
         }
-        bail!("Xvfb {} did not come up", display.name)
+        Ok(display)
     }
 
     /// The value for `DISPLAY`.
@@ -53,6 +56,17 @@ impl Xvfb {
 
 impl Drop for Xvfb {
     fn drop(&mut self) {
+        // SIGTERM: Xvfb removes its lock file and socket on the way out.
+        if let Ok(pid) = i32::try_from(self.server.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.server.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.server.kill();
         let _ = self.server.wait();
     }
