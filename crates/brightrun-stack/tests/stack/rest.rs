@@ -104,6 +104,21 @@ async fn fixture() -> &'static TestStack {
         .get_or_init(|| async {
             let db = stack.db().await;
             let mut tx = db.begin().await.expect("begin fixture");
+            // Only the first test process creates it. The others wait for that one's commit
+            // and then see it: re-running its `alter table`s (no-ops, but AccessExclusive
+            // locks) while other tests insert into the same tables could deadlock with them.
+            let made: bool = sqlx::query_scalar(
+                "select to_regprocedure('public.rest_fx_pay()') is not null
+                   from (select pg_advisory_xact_lock(hashtext('brightrun rest test fixture'))) l",
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .expect("check the REST fixture");
+            if made {
+                tx.commit().await.expect("commit fixture check");
+                db.close().await;
+                return;
+            }
             sqlx::raw_sql(FIXTURE_SQL)
                 .execute(&mut *tx)
                 .await
