@@ -551,11 +551,11 @@ impl JobWatcher {
                     tracing::debug!(code = error.code().as_str(), failures, "job poll failed");
                 }
             }
-            let delay =
-                cadence.next_delay(self.any_active(), *visibility.borrow(), failures, &mut rng);
+            let active = self.any_active();
+            let delay = cadence.next_delay(active, *visibility.borrow(), failures, &mut rng);
             tracing::debug!(
                 events = to_send.len(),
-                active = self.any_active(),
+                active,
                 visibility = ?*visibility.borrow(),
                 next_in = ?delay,
                 "jobs polled"
