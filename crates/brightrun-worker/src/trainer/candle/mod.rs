@@ -275,9 +275,10 @@ impl TrainerBackend for CandleBackend {
             .thread_name(|i| format!("candle-trainer-{i}"))
             .build()
             .map_err(|e| TrainerError::Failed(format!("thread pool: {e}")))?;
-        // The training runs on the pool; events come back over a channel to this thread, which
-        // owns `events`.
-        let (tx, rx) = mpsc::channel();
+        // The training runs on the pool; events come back to this thread, which owns `events`,
+        // hand to hand: the pool waits until each event is taken, so it cannot run steps ahead
+        // of a caller that cancels from its event handler ("within one step" holds here too).
+        let (tx, rx) = mpsc::sync_channel(0);
         std::thread::scope(|scope| {
             let worker = scope.spawn(move || {
                 pool.install(|| {
