@@ -9,6 +9,7 @@ mod desktop;
 mod desktop_bench;
 mod display;
 mod models;
+mod ray;
 mod setup;
 mod stack;
 mod validate_bench;
@@ -78,6 +79,14 @@ enum Command {
     Icons,
     /// Write ui/src/lib/bindings.ts from the desktop shell's commands, events and types.
     Bindings,
+    /// Only the Ray backend's tests, against a real Ray head in a network namespace of their
+    /// own (part of `test`).
+    TestRay {
+        /// Test name filters, passed to nextest.
+        filters: Vec<String>,
+    },
+    #[command(hide = true)]
+    RayInside { filters: Vec<String> },
     /// Install what is missing, start the services, run every test suite, stop the services.
     Test {
         /// Skip `cargo fmt --check` and clippy (they still run in CI).
@@ -123,6 +132,14 @@ fn main() -> ExitCode {
         Command::Bindings => desktop::bindings().map(|()| ExitCode::SUCCESS),
         Command::Icons => desktop::icons().map(|()| ExitCode::SUCCESS),
         Command::Test { no_lint } => test(!no_lint),
+        Command::TestRay { filters } => ray::test(&filters).map(|passed| {
+            if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }),
+        Command::RayInside { filters } => ray::inside(&filters),
     };
     match result {
         Ok(code) => code,
@@ -199,6 +216,18 @@ fn test(lint: bool) -> Result<ExitCode> {
             passed: setup::npm_test("conformance", &env)?,
         });
         stack.stop()?;
+        // The Ray backend against a real head, in a network namespace of its own.
+        if ray::can_isolate() {
+            outcomes.push(Outcome {
+                step: "ray backend (real head, isolated)",
+                passed: ray::test(&[])?,
+            });
+        } else {
+            eprintln!(
+                "xtask: NOT RUN: the Ray tests need a network namespace: root or passwordless sudo"
+            );
+            skipped.push("ray backend: needs root or sudo");
+        }
         // The .deb as a user installs it (a debug build inside: the packaging is what is
         // checked; `cargo xtask bundle` makes the release one). It installs a package on this
         // machine, so it needs root or passwordless sudo (CI runs as root).

@@ -13,7 +13,7 @@ pub fn root() -> PathBuf {
         .to_owned()
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
@@ -72,6 +72,11 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("py:gi", "python3-gi"),
     ("py:gi-gtk3", "gir1.2-gtk-3.0"),
     ("rsvg-convert", "librsvg2-bin"),
+    // The Ray backend's tests: a network namespace with only loopback (Ray binds every
+    // interface), and the pinned `ray[default]` in a virtualenv.
+    ("unshare", "util-linux"),
+    ("ip", "iproute2"),
+    ("py:venv", "python3-venv"),
 ];
 
 /// What `cargo xtask test` runs besides cargo.
@@ -129,6 +134,13 @@ fn present(program: &str) -> bool {
             .is_ok_and(|s| s.success())
     };
     match program {
+        "py:venv" => {
+            return Command::new("python3")
+                .args(["-m", "venv", "--help"])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        }
         "py:gi" => return python("import gi"),
         "py:gi-gtk3" => {
             return python(

@@ -214,6 +214,32 @@ impl Storage {
         Ok(signed.token)
     }
 
+    /// A signed upload URL for `bucket/path` (`PUT` the bytes to it, no other credentials),
+    /// replacing what is there when `upsert`. It lasts as long as the project's signed upload
+    /// URLs (2 h on hosted Supabase).
+    pub async fn sign_upload_url(&self, bucket: &str, path: &str, upsert: bool) -> Result<Url> {
+        #[derive(Deserialize)]
+        struct Signed {
+            url: String,
+        }
+        let url = self.url(&["object", "upload", "sign", bucket], path);
+        let response = self
+            .send(|http| {
+                let request = http.post(url.clone()).json(&json!({}));
+                Ok(if upsert {
+                    request.header("x-upsert", "true")
+                } else {
+                    request
+                })
+            })
+            .await?;
+        let signed: Signed = response
+            .json()
+            .await
+            .map_err(|e| Error::Protocol(format!("the signed upload answer has no url: {e}")))?;
+        self.relative(&signed.url)
+    }
+
     /// The size of an object the credentials may read; `None` when there is none. Asks for the
     /// first byte: Storage answers a refused HEAD with a bare 400 that cannot say "not found".
     pub async fn object_size(&self, bucket: &str, path: &str) -> Result<Option<u64>> {

@@ -173,6 +173,15 @@ fn to_turns(conversation: &Conversation) -> Vec<Turn> {
         .collect()
 }
 
+/// The format named by `datasets.format` (`brightrun_lora_v3`; anything else is v4).
+pub fn format_of(name: &str) -> DatasetFormat {
+    if name == "brightrun_lora_v3" {
+        DatasetFormat::V3
+    } else {
+        DatasetFormat::V4
+    }
+}
+
 /// Downloads and parses a dataset for training.
 pub async fn load_training_data(
     storage: &Storage,
@@ -181,11 +190,7 @@ pub async fn load_training_data(
     format: &str,
 ) -> Result<TrainingData, DatasetError> {
     let reader = blocking_reader(storage, bucket, path).await?;
-    let format = if format == "brightrun_lora_v3" {
-        DatasetFormat::V3
-    } else {
-        DatasetFormat::V4
-    };
+    let format = format_of(format);
     tokio::task::spawn_blocking(move || parse_training_data(reader, &format))
         .await
         .map_err(|e| DatasetError::Join(e.to_string()))?

@@ -12,6 +12,7 @@
 //! anything without its lease's fencing token.
 
 pub mod dataset;
+pub mod entrypoint;
 pub mod notify;
 pub mod queue;
 pub mod remote;

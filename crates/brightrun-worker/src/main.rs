@@ -14,7 +14,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use brightrun_supabase::Secret;
 use brightrun_worker::queue::QueuePolicy;
-use brightrun_worker::remote::FakeProvider;
+use brightrun_worker::remote::ray::RayPackage;
+use brightrun_worker::remote::{FakeProvider, RayOptions, RayProvider};
 use brightrun_worker::trainer::candle::{CandleBackend, CandleOptions};
 use brightrun_worker::trainer::scripted::ScriptedBackend;
 use brightrun_worker::{Backend, WorkerConfig};
@@ -29,6 +30,9 @@ enum BackendName {
     Scripted,
     /// The remote-provider path against a scripted fake provider.
     FakeRemote,
+    /// Each job as a Ray job on a Ray cluster (`--ray-address`; the token from
+    /// `RAY_AUTH_TOKEN` or `--ray-token-file`).
+    Ray,
 }
 
 #[derive(Debug, Parser)]
@@ -98,6 +102,32 @@ struct Args {
     /// `<work-dir>/fake-remote`.
     #[arg(long)]
     fake_remote_dir: Option<PathBuf>,
+    /// Ray backend: the cluster's dashboard address (the Jobs API), e.g. `http://127.0.0.1:8265`.
+    #[arg(long, env = "BRIGHTRUN_RAY_ADDRESS", required_if_eq("backend", "ray"))]
+    ray_address: Option<url::Url>,
+    /// Ray backend: a file holding the cluster's token (otherwise `RAY_AUTH_TOKEN`).
+    #[arg(long, value_name = "FILE")]
+    ray_token_file: Option<PathBuf>,
+    /// Ray backend: the training entrypoint to ship (default: `brightrun-train` beside this
+    /// program).
+    #[arg(long, value_name = "FILE", conflicts_with = "ray_package")]
+    ray_train_binary: Option<PathBuf>,
+    /// Ray backend: ship this directory's files as the job's working directory instead, and
+    /// run `--ray-entrypoint` in it (e.g. `entrypoints/ray-peft` on a GPU cluster).
+    #[arg(long, value_name = "DIR", requires = "ray_entrypoint")]
+    ray_package: Option<PathBuf>,
+    /// Ray backend: the command that runs a `--ray-package` (it keeps docs/entrypoint.md).
+    #[arg(long, value_name = "COMMAND", requires = "ray_package")]
+    ray_entrypoint: Option<String>,
+    /// Ray backend: a pip requirement Ray installs for the entrypoint (repeatable).
+    #[arg(long = "ray-pip", value_name = "REQUIREMENT")]
+    ray_pip: Vec<String>,
+    /// Ray backend: CPUs each job's entrypoint asks for (and trains on).
+    #[arg(long, default_value_t = 1)]
+    ray_entrypoint_cpus: u32,
+    /// Ray backend: a job that has not started after this long is stopped and retried.
+    #[arg(long, default_value_t = 900)]
+    ray_pending_timeout_s: u64,
     /// Claim only this user's work (repeatable): dedicated capacity for a tenant.
     #[arg(long = "only-user")]
     only_users: Vec<uuid::Uuid>,
@@ -172,6 +202,70 @@ fn main() -> Result<()> {
         .block_on(serve(args))
 }
 
+/// The Ray provider of `--backend ray`, after checking that the cluster answers and takes the
+/// token: a wrong address or token is the operator's mistake, not a reason to fail users' jobs.
+async fn ray_provider(args: &Args) -> Result<RayProvider> {
+    let address = args
+        .ray_address
+        .clone()
+        .context("--backend ray needs --ray-address")?;
+    let token = match &args.ray_token_file {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading the Ray token from {}", file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("RAY_AUTH_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    }
+    .map(Secret::new);
+    let package = match (&args.ray_package, &args.ray_entrypoint) {
+        (Some(dir), Some(entrypoint)) => {
+            RayPackage::directory(dir, entrypoint.clone(), args.ray_pip.clone())
+                .with_context(|| format!("reading the package {}", dir.display()))?
+        }
+        _ => {
+            let binary = match &args.ray_train_binary {
+                Some(path) => path.clone(),
+                None => std::env::current_exe()
+                    .context("locating the worker binary")?
+                    .with_file_name("brightrun-train"),
+            };
+            anyhow::ensure!(
+                binary.is_file(),
+                "the training entrypoint {} does not exist (build it with `cargo build -p brightrun-worker`, or give --ray-train-binary)",
+                binary.display()
+            );
+            let mut package = RayPackage::brightrun_train(binary);
+            package.pip = args.ray_pip.clone();
+            package
+        }
+    };
+    let mut options = RayOptions::new(address.clone(), token, package);
+    options.entrypoint_cpus = args.ray_entrypoint_cpus.max(1);
+    options.pending_timeout = Duration::from_secs(args.ray_pending_timeout_s);
+    let api_url = url::Url::parse(&args.api_url).context("--api-url is not a URL")?;
+    let key = Secret::new(args.service_role_key.clone());
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")?;
+    let storage = brightrun_supabase::Storage::new(http, &api_url, key.clone(), Arc::new(key));
+    let provider = RayProvider::new(options, storage)?;
+    match provider.api().check().await {
+        Ok(version) => tracing::info!(%address, ray_version = %version, "using the Ray cluster"),
+        Err(e @ brightrun_worker::remote::RemoteError::Rejected(_)) => {
+            return Err(e).with_context(|| format!("the Ray cluster at {address} refused us"));
+        }
+        Err(e) => {
+            tracing::warn!(%address, error = %e, "the Ray cluster does not answer yet; jobs wait for it")
+        }
+    }
+    Ok(provider)
+}
+
 async fn serve(args: Args) -> Result<()> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
@@ -193,7 +287,7 @@ async fn serve(args: Args) -> Result<()> {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
-    let work_dir = match args.work_dir {
+    let work_dir = match args.work_dir.clone() {
         Some(dir) => dir,
         None => default_work_dir()?,
     };
@@ -225,6 +319,7 @@ async fn serve(args: Args) -> Result<()> {
             total_steps: args.scripted_steps,
             step_time: ms(args.scripted_step_ms),
         })),
+        BackendName::Ray => Backend::Remote(Arc::new(ray_provider(&args).await?)),
         BackendName::FakeRemote => Backend::Remote(Arc::new(FakeProvider {
             dir: args
                 .fake_remote_dir

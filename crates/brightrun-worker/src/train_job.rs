@@ -516,6 +516,7 @@ async fn attempt(
                 hyperparameters,
                 &dataset.bucket,
                 &dataset.path,
+                &dataset.format,
                 output_dir,
             )
             .await?

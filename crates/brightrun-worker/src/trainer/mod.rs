@@ -41,7 +41,8 @@ pub struct TrainingSpec {
 }
 
 /// Where a run is; the worker maps these to the job's status and progress columns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Stage {
     Initializing,
     Training,
