@@ -25,6 +25,9 @@ pub enum Which {
     /// `brightrun datasets validate` and `upload` as whole processes on 200 and 400 MB files vs
     /// Python + tiktoken, curl and tus-js-client; the structural pass in MB/s per core; peak RSS.
     Validate,
+    /// The demo job through the Ray backend (local head) and the local candle backend:
+    /// submit → first metric, and total (not part of `all`: it needs a network namespace).
+    Ray,
     /// The desktop app as a whole process vs a hello-world Tauri 2 app: start-up, notification
     /// latency, memory and CPU with ten jobs running (not part of `all`: it takes ~15 minutes).
     Desktop,
@@ -42,6 +45,9 @@ pub struct DesktopParts {
 
 pub fn run(which: Which, desktop: DesktopParts) -> Result<ExitCode> {
     setup::ensure_system_packages()?;
+    if matches!(which, Which::Ray) {
+        return crate::ray_bench::run();
+    }
     if matches!(which, Which::Desktop) {
         return crate::desktop_bench::run(&desktop).map(|()| ExitCode::SUCCESS);
     }
@@ -408,7 +414,7 @@ fn storage(stack: &TestStack) -> Result<()> {
 
 /// The Python side of the trainer benchmark, pinned: installed once into a private virtualenv
 /// (~3.5 GB: PyPI's Linux torch wheel is the CUDA build; it runs on the CPU here).
-const PYTHON_PEER: [&str; 4] = [
+pub(crate) const PYTHON_PEER: [&str; 4] = [
     "torch==2.15.0",
     "peft==0.21.2",
     "transformers==5.23.0",

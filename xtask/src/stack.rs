@@ -186,7 +186,31 @@ pub fn run_foreground(args: &[String]) -> Result<ExitCode> {
 /// attached to it, and (unless `headless`) the desktop app on that stack, signed in as the demo
 /// user with the demo dataset uploaded and ready. Quitting the app, or Ctrl-C, stops them all
 /// (same process group); the worker hands its jobs back.
-pub fn run_demo(smollm2: bool, headless: bool) -> Result<ExitCode> {
+pub fn run_demo(smollm2: bool, headless: bool, ray: bool) -> Result<ExitCode> {
+    if ray && !crate::ray::isolated()? {
+        // Built out here (the namespace has no network), then run again inside it: Ray binds
+        // every interface, so the head, the stack, the worker and the app share a namespace
+        // whose only interface is loopback.
+        setup::ensure_system_packages()?;
+        if smollm2 {
+            crate::models::smollm2()?;
+        }
+        if !headless {
+            crate::desktop::build_app()?;
+        }
+        build_stack(Profile::Debug)?;
+        if !setup::cargo(&["build", "-p", "brightrun-worker", "--bins"])? {
+            bail!("building brightrun-worker failed");
+        }
+        let mut args = vec!["run", "--ray"];
+        if smollm2 {
+            args.push("--smollm2");
+        }
+        if headless {
+            args.push("--headless");
+        }
+        return crate::ray::reexec_isolated(&args, &crate::ray::ray_env()?);
+    }
     setup::ensure_system_packages()?;
     let gguf = if smollm2 {
         Some(crate::models::smollm2()?)
@@ -199,13 +223,8 @@ pub fn run_demo(smollm2: bool, headless: bool) -> Result<ExitCode> {
         Some(crate::desktop::build_app()?)
     };
     let stack_bin = build_stack(Profile::Debug)?;
-    if !setup::cargo(&[
-        "build",
-        "-p",
-        "brightrun-worker",
-        "--bin",
-        "brightrun-worker",
-    ])? {
+    // The worker, and brightrun-train, which a Ray head runs.
+    if !setup::cargo(&["build", "-p", "brightrun-worker", "--bins"])? {
         bail!("building brightrun-worker failed");
     }
     let worker_bin = setup::target_dir()?.join("debug").join("brightrun-worker");
@@ -244,20 +263,65 @@ pub fn run_demo(smollm2: bool, headless: bool) -> Result<ExitCode> {
         let _ = stack.kill();
         bail!("brightrun-stack did not become ready (see its log above)");
     };
-    let mut worker = Command::new(&worker_bin)
+    let head = if ray {
+        let mut env = vec![(
+            "BRIGHTRUN_TRAIN_CACHE".to_owned(),
+            worker_dir.join("candle-cache").display().to_string(),
+        )];
+        if let Some(gguf) = &gguf {
+            env.push((
+                "BRIGHTRUN_TRAIN_BASE_GGUF".to_owned(),
+                gguf.display().to_string(),
+            ));
+        }
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+        match crate::ray::LocalHead::start(&crate::ray::program_from_env()?, cpus, &env) {
+            Ok(head) => Some(head),
+            Err(e) => {
+                let _ = kill(Pid::from_raw(stack.id() as i32), Signal::SIGTERM);
+                let _ = stack.wait();
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    let mut worker = Command::new(&worker_bin);
+    worker
         .env("DATABASE_URL", db_url)
         .env("BRIGHTRUN_API_URL", &url)
         .env("BRIGHTRUN_SERVICE_ROLE_KEY", key)
         .arg("--work-dir")
         .arg(&worker_dir)
-        .args(["--backend", "candle", "--concurrency", "1"])
-        .args(
-            gguf.iter()
-                .flat_map(|g| [std::ffi::OsStr::new("--base-gguf"), g.as_os_str()]),
-        )
-        .stdin(Stdio::null())
+        .args(["--concurrency", "1"])
+        .stdin(Stdio::null());
+    match &head {
+        Some(head) => {
+            eprintln!(
+                "xtask: the worker trains on the Ray head at {}",
+                head.address
+            );
+            worker
+                .args(["--backend", "ray", "--ray-address", &head.address])
+                .env("RAY_AUTH_TOKEN", &head.token);
+        }
+        None => {
+            worker.args(["--backend", "candle"]).args(
+                gguf.iter()
+                    .flat_map(|g| [std::ffi::OsStr::new("--base-gguf"), g.as_os_str()]),
+            );
+        }
+    }
+    let mut worker = worker
         .spawn()
         .with_context(|| format!("starting {}", worker_bin.display()))?;
+    if head.is_some() {
+        eprintln!(
+            "xtask: everything runs in a network namespace with only loopback; from another terminal: \
+             sudo nsenter --net=/proc/{}/ns/net brightrun …",
+            worker.id()
+        );
+    }
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
             println!("{line}");
@@ -294,6 +358,9 @@ pub fn run_demo(smollm2: bool, headless: bool) -> Result<ExitCode> {
     };
     let _ = kill(Pid::from_raw(worker.id() as i32), Signal::SIGTERM);
     let _ = worker.wait();
+    if let Some(head) = head {
+        head.stop();
+    }
     Ok(if status.success() {
         ExitCode::SUCCESS
     } else {

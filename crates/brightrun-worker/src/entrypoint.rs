@@ -12,7 +12,7 @@
 //! `error` (why the run failed, and whether trying again can help) and, last, `done`. Any other
 //! output (logs, warnings, a traceback) is kept but not interpreted.
 //!
-//! `brightrun-train` (candle) and `entrypoints/ray_peft_train.py` (PyTorch + PEFT on Ray Train)
+//! `brightrun-train` (candle) and `entrypoints/ray-peft/train.py` (PyTorch + PEFT on Ray Train)
 //! keep it; the Ray backend (`remote::ray`) reads it.
 
 use std::collections::BTreeMap;
@@ -31,7 +31,7 @@ pub const VERSION: u32 = 1;
 
 /// The names an adapter's files may have; the worker signs an upload URL for each. A trainer
 /// that writes another file leaves it out (and says so on stderr).
-pub const ARTIFACT_NAMES: [&str; 11] = [
+pub const ARTIFACT_NAMES: [&str; 13] = [
     "adapter_model.safetensors",
     "adapter_config.json",
     "tokenizer.json",
@@ -40,6 +40,8 @@ pub const ARTIFACT_NAMES: [&str; 11] = [
     "chat_template.jinja",
     "vocab.json",
     "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
     "generation_config.json",
     "README.md",
     "brightrun_adapter.json",

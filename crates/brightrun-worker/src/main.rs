@@ -125,6 +125,11 @@ struct Args {
     /// Ray backend: CPUs each job's entrypoint asks for (and trains on).
     #[arg(long, default_value_t = 1)]
     ray_entrypoint_cpus: u32,
+    /// Ray backend: how long the project's signed upload URLs last (hosted Supabase: 2 h;
+    /// self-hosted: `UPLOAD_SIGNED_URL_EXPIRATION_TIME`). The worker renews a running job's
+    /// upload URLs at half of it.
+    #[arg(long, default_value_t = 7200)]
+    ray_upload_url_lifetime_s: u64,
     /// Ray backend: a job that has not started after this long is stopped and retried.
     #[arg(long, default_value_t = 900)]
     ray_pending_timeout_s: u64,
@@ -246,6 +251,7 @@ async fn ray_provider(args: &Args) -> Result<RayProvider> {
     let mut options = RayOptions::new(address.clone(), token, package);
     options.entrypoint_cpus = args.ray_entrypoint_cpus.max(1);
     options.pending_timeout = Duration::from_secs(args.ray_pending_timeout_s);
+    options.ticket_lifetime = Duration::from_secs(args.ray_upload_url_lifetime_s.max(2));
     let api_url = url::Url::parse(&args.api_url).context("--api-url is not a URL")?;
     let key = Secret::new(args.service_role_key.clone());
     let http = reqwest::Client::builder()

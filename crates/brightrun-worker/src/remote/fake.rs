@@ -166,6 +166,7 @@ impl RemoteProvider for FakeProvider {
                 RemoteState::Failed {
                     message: "CUDA out of memory at step 2 (scripted failure)".into(),
                     retryable: true,
+                    detail: None,
                 }
             } else if done == job.total_steps {
                 let loss = Self::loss(done, job.total_steps);

@@ -66,10 +66,12 @@ pub enum RemoteState {
         final_train_loss: f64,
         final_validation_loss: Option<f64>,
     },
-    /// `retryable: false` when the job's settings or data are at fault.
+    /// `retryable: false` when the job's settings or data are at fault; `detail` (the
+    /// provider's whole account, for `error_stack`) is never shown in notifications.
     Failed {
         message: String,
         retryable: bool,
+        detail: Option<String>,
     },
     Cancelled,
 }
@@ -111,6 +113,9 @@ fn failed(message: String, retry: RetryDecision) -> AttemptError {
         retry,
     })
 }
+
+/// How long a provider may not answer before the attempt fails.
+const UNAVAILABLE_GRACE: Duration = Duration::from_secs(90);
 
 /// Runs one attempt on a remote provider; see the module docs.
 #[allow(clippy::too_many_arguments)]
@@ -169,7 +174,9 @@ pub(crate) async fn drive(
     };
     sink.handle(TrainerEvent::Stage(Stage::Initializing)).await;
     let mut cursor = 0;
-    let mut transient_failures = 0u32;
+    // Since when the provider has not answered (a restarting head, a network blip): given
+    // UNAVAILABLE_GRACE before the attempt fails, so a restart costs no attempt of its own.
+    let mut unavailable_since: Option<std::time::Instant> = None;
     let (final_train_loss, final_validation_loss) = loop {
         if control.stop.load(Ordering::Relaxed) {
             if control.user_cancel.load(Ordering::Relaxed)
@@ -183,13 +190,15 @@ pub(crate) async fn drive(
         }
         let poll = match provider.poll(&external_id, cursor).await {
             Ok(poll) => {
-                transient_failures = 0;
+                unavailable_since = None;
                 poll
             }
-            Err(RemoteError::Transient(m)) if transient_failures < 10 => {
-                transient_failures += 1;
+            Err(RemoteError::Transient(m))
+                if unavailable_since.is_none_or(|t| t.elapsed() < UNAVAILABLE_GRACE) =>
+            {
+                unavailable_since.get_or_insert_with(std::time::Instant::now);
                 warn!(error = %m, "polling the provider failed; trying again");
-                tokio::time::sleep(provider.poll_interval()).await;
+                sleep_unless_stopped(provider.poll_interval(), control).await;
                 continue;
             }
             Err(RemoteError::UnknownJob(id)) => {
@@ -220,16 +229,21 @@ pub(crate) async fn drive(
                 final_train_loss,
                 final_validation_loss,
             } => break (final_train_loss, final_validation_loss),
-            RemoteState::Failed { message, retryable } => {
+            RemoteState::Failed {
+                message,
+                retryable,
+                detail,
+            } => {
                 ctx.queue.set_external_job_id(lease, None).await?;
-                return Err(failed(
-                    format!("training on {} failed: {message}", provider.name()),
-                    if retryable {
+                return Err(AttemptError::Failed(crate::queue::AttemptFailure {
+                    message: format!("training on {} failed: {message}", provider.name()),
+                    detail,
+                    retry: if retryable {
                         RetryDecision::Retryable
                     } else {
                         RetryDecision::Permanent
                     },
-                ));
+                }));
             }
             RemoteState::Cancelled if control.user_cancel.load(Ordering::Relaxed) => {
                 return Err(AttemptError::Stopped);

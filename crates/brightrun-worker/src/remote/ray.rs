@@ -217,6 +217,19 @@ fn output_tail(logs: &str, lines: usize, max: usize) -> String {
     }
 }
 
+/// Ray's whole account of a failure (its message holds the last 20 000 characters of output),
+/// cut to what `error_stack` keeps.
+fn detail_of(job: &RayJob) -> Option<String> {
+    let message = job.message.as_deref()?;
+    let max = 8000;
+    let n = message.chars().count();
+    Some(if n > max {
+        format!("…{}", message.chars().skip(n - max).collect::<String>())
+    } else {
+        message.to_owned()
+    })
+}
+
 /// Where a finished or running Ray job stands, from its status and the events it printed.
 pub fn state_of(job: &RayJob, events: &[Event], logs: &str) -> RemoteState {
     let reported_error = events.iter().rev().find_map(|e| match e {
@@ -241,11 +254,16 @@ pub fn state_of(job: &RayJob, events: &[Event], logs: &str) -> RemoteState {
                     output_tail(logs, 3, 400)
                 ),
                 retryable: true,
+                detail: detail_of(job),
             },
         },
         "FAILED" => {
             if let Some((message, retryable)) = reported_error {
-                return RemoteState::Failed { message, retryable };
+                return RemoteState::Failed {
+                    message,
+                    retryable,
+                    detail: detail_of(job),
+                };
             }
             let ray_says = job
                 .message
@@ -259,15 +277,22 @@ pub fn state_of(job: &RayJob, events: &[Event], logs: &str) -> RemoteState {
                 // something another attempt changes.
                 return RemoteState::Failed {
                     message: format!(
-                        "the cluster could not set up the job's environment: {ray_says}"
+                        "the cluster could not set up the job's environment: {ray_says} (check the worker's --ray-pip requirements against the cluster's image)"
                     ),
                     retryable: false,
+                    detail: detail_of(job),
                 };
             }
-            let exit = job
-                .driver_exit_code
-                .map(|c| format!(" (exit code {c})"))
-                .unwrap_or_default();
+            let exit = match job.driver_exit_code {
+                // SIGKILL: the kernel's OOM killer, most often.
+                Some(code @ (137 | -9)) => {
+                    format!(
+                        " (exit code {code}: killed, most often for lack of memory on the node)"
+                    )
+                }
+                Some(code) => format!(" (exit code {code})"),
+                None => String::new(),
+            };
             let tail = output_tail(logs, 3, 400);
             RemoteState::Failed {
                 message: if tail.is_empty() {
@@ -276,6 +301,7 @@ pub fn state_of(job: &RayJob, events: &[Event], logs: &str) -> RemoteState {
                     format!("the entrypoint failed{exit}; its last output: {tail}")
                 },
                 retryable: true,
+                detail: detail_of(job),
             }
         }
         "STOPPED" => RemoteState::Cancelled,
@@ -671,11 +697,13 @@ impl RemoteProvider for RayProvider {
                     let _ = self.api.stop(external_id).await;
                     state = RemoteState::Failed {
                         message: format!(
-                            "the Ray job did not start within {} min: {}",
+                            "the Ray job did not start within {} min ({}); the cluster may lack {} free CPU(s) for the entrypoint: add nodes or lower --ray-entrypoint-cpus",
                             self.options.pending_timeout.as_secs() / 60,
-                            job.message.as_deref().unwrap_or("waiting for resources")
+                            job.message.as_deref().unwrap_or("waiting for resources"),
+                            self.options.entrypoint_cpus.max(1)
                         ),
                         retryable: true,
+                        detail: detail_of(&job),
                     };
                 }
             }
@@ -807,8 +835,9 @@ mod tests {
                 final_validation_loss: Some(0.8)
             }
         );
-        let RemoteState::Failed { message, retryable } =
-            state_of(&job("SUCCEEDED", None), &[], "loading\nKilled\n")
+        let RemoteState::Failed {
+            message, retryable, ..
+        } = state_of(&job("SUCCEEDED", None), &[], "loading\nKilled\n")
         else {
             panic!("a run without `done` is not a success")
         };
@@ -837,14 +866,18 @@ mod tests {
             ),
             RemoteState::Failed {
                 message: "invalid training settings: lora_rank 0".into(),
-                retryable: false
+                retryable: false,
+                detail: Some(job("FAILED", None).message.expect("message")),
             }
         );
-        let RemoteState::Failed { message, retryable } = state_of(
+        let RemoteState::Failed {
+            message, retryable, ..
+        } = state_of(
             &job("FAILED", Some("JOB_ENTRYPOINT_COMMAND_ERROR")),
             &[],
             "{\"brightrun\":1,\"event\":\"stage\",\"stage\":\"training\"}\nTraceback (most recent call last):\nRuntimeError: CUDA error: out of memory\n",
-        ) else {
+        )
+        else {
             panic!("FAILED is a failure")
         };
         assert!(retryable);
@@ -853,13 +886,20 @@ mod tests {
                 && message.ends_with("RuntimeError: CUDA error: out of memory"),
             "{message}"
         );
-        let RemoteState::Failed { message, retryable } =
-            state_of(&job("FAILED", Some("RUNTIME_ENV_SETUP_FAILURE")), &[], "")
+        let RemoteState::Failed {
+            message, retryable, ..
+        } = state_of(&job("FAILED", Some("RUNTIME_ENV_SETUP_FAILURE")), &[], "")
         else {
             panic!("FAILED is a failure")
         };
         assert!(!retryable, "a broken runtime environment is not retried");
         assert!(message.contains("could not set up"), "{message}");
+        let mut killed = job("FAILED", Some("JOB_ENTRYPOINT_COMMAND_ERROR"));
+        killed.driver_exit_code = Some(137);
+        let RemoteState::Failed { message, .. } = state_of(&killed, &[], "step 3\n") else {
+            panic!("FAILED is a failure")
+        };
+        assert!(message.contains("lack of memory"), "{message}");
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct RayHead {
     pub address: String,
     child: Option<Child>,
     pub log: PathBuf,
+    /// Starts so far; each gets its own temporary directory.
+    starts: u32,
 }
 
 /// Ray binds its internal ports on every interface whatever it is told: these tests run only
@@ -60,6 +62,7 @@ impl RayHead {
             tag,
             child: None,
             log,
+            starts: 0,
         };
         head.spawn().await;
         head
@@ -75,8 +78,11 @@ impl RayHead {
             .args(["start", "--head", "--block", "--port", "6390"])
             .args(["--dashboard-host", "127.0.0.1", "--dashboard-port", "8265"])
             .args(["--num-cpus", "2", "--disable-usage-stats"])
+            // A fresh one per start: `ray start` refuses a port that the last cluster of its
+            // temporary directory used while any GCS on the machine (in any namespace) serves
+            // that address.
             .arg("--temp-dir")
-            .arg(self.dir.path().join("t"))
+            .arg(self.dir.path().join(format!("t{}", self.starts)))
             .env("RAY_AUTH_MODE", "token")
             .env("RAY_AUTH_TOKEN", &self.token)
             .env("RAY_USAGE_STATS_ENABLED", "0")
@@ -93,6 +99,7 @@ impl RayHead {
             .spawn()
             .expect("start the Ray head");
         self.child = Some(child);
+        self.starts += 1;
         self.wait_ready().await;
     }
 

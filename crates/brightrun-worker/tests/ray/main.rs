@@ -224,17 +224,69 @@ async fn cancel_while_running_cancels_the_job_within_5_s_and_stops_the_ray_job()
 }
 
 #[tokio::test]
+async fn the_upload_urls_of_a_running_job_are_renewed_before_they_expire() {
+    let head = RayHead::start().await;
+    let pool = db().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let u = user("ray-tickets").await;
+    let ds = ready_dataset(&pool, &u, 16).await;
+    let job = create_job(&u, ds, settings(100)).await;
+    // Upload URLs that last 2 s: renewed every second.
+    let _w = ray_worker(
+        dir.path(),
+        &head,
+        u.id,
+        &["--ray-upload-url-lifetime-s", "2"],
+    );
+    wait_training(&pool, job, 2, "the Ray job to be training").await;
+    let tickets_path = format!("{}/{job}/ray-a1/upload-tickets.json", u.id);
+    let read = || async {
+        let bytes = download("lora-models", &tickets_path).await;
+        serde_json::from_slice::<Value>(&bytes).expect("tickets JSON")
+    };
+    let first = read().await;
+    let files = first["files"].as_object().expect("files");
+    assert!(files.contains_key("adapter_model.safetensors"), "{first}");
+    assert!(
+        files.values().all(|u| u
+            .as_str()
+            .is_some_and(|u| u.contains("/object/upload/sign/lora-models/")
+                && u.contains(&format!("/{job}/ray-a1/")))),
+        "each ticket writes into the job's staging folder only: {first}"
+    );
+    let renewed = wait_for("the tickets to be renewed", Duration::from_secs(20), || {
+        let first = first.clone();
+        async move {
+            let now = read().await;
+            (now["expires_at"].as_i64() > first["expires_at"].as_i64()
+                && now["files"] != first["files"])
+                .then_some(now)
+        }
+    })
+    .await;
+    assert!(renewed["expires_at"].as_i64() > first["expires_at"].as_i64());
+    rpc(&u, "cancel_training_job", json!({"job_id": job})).await;
+    wait_status(&pool, job, "cancelled", Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
 async fn a_worker_killed_mid_job_is_replaced_by_one_that_reattaches() {
     let head = RayHead::start().await;
     let pool = db().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let u = user("ray-reattach").await;
     let ds = ready_dataset(&pool, &u, 16).await;
-    let job = create_job(&u, ds, settings(12)).await;
+    let job = create_job(&u, ds, settings(40)).await;
     let lease = ["--lease-ms", "1500"];
     let mut a = ray_worker(dir.path(), &head, u.id, &lease);
     wait_training(&pool, job, 3, "the Ray job to be training").await;
     assert!(external_id(&pool, job).await.is_some());
+    let before = ray_jobs_of(&head, job).await;
+    assert_eq!(before.len(), 1);
+    assert_eq!(
+        before[0].status, "RUNNING",
+        "the worker dies under a running job"
+    );
     a.kill();
     let _b = ray_worker(dir.path(), &head, u.id, &lease);
     wait_status(&pool, job, "completed", 4 * MINUTE).await;
@@ -276,14 +328,26 @@ async fn a_ray_head_restarted_under_a_running_job_gets_the_job_submitted_again()
     let dir = tempfile::tempdir().expect("tempdir");
     let u = user("ray-head").await;
     let ds = ready_dataset(&pool, &u, 16).await;
-    let job = create_job(&u, ds, settings(12)).await;
+    // Long enough (800 steps) to be mid-run when the head goes.
+    let job = create_job(&u, ds, settings(100)).await;
     let w = ray_worker(dir.path(), &head, u.id, &[]);
     wait_training(&pool, job, 2, "the Ray job to be training").await;
+    let before = ray_jobs_of(&head, job).await;
+    assert_eq!(before.len(), 1);
+    assert_eq!(
+        before[0].status, "RUNNING",
+        "the head goes under a running job"
+    );
     head.restart().await;
     wait_status(&pool, job, "completed", 5 * MINUTE).await;
 
     let ray = ray_jobs_of(&head, job).await;
-    assert_eq!(ray.len(), 1, "the new head knows only the resubmission");
+    assert_eq!(
+        ray.len(),
+        1,
+        "the new head knows only the resubmission; the worker's log:\n{}",
+        w.log_text()
+    );
     assert_eq!(
         ray[0].submission_id.as_deref(),
         Some(format!("brightrun-{job}-a2").as_str()),
