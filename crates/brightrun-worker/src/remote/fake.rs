@@ -134,6 +134,7 @@ impl RemoteProvider for FakeProvider {
                     events: vec![],
                     cursor,
                     state: RemoteState::Cancelled,
+                    next_poll: None,
                 });
             }
             let elapsed = now_ms().saturating_sub(job.submitted_at_ms);
@@ -181,6 +182,7 @@ impl RemoteProvider for FakeProvider {
                 events,
                 cursor: done.max(cursor),
                 state,
+                next_poll: None,
             })
         })
     }

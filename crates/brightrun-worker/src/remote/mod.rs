@@ -82,6 +82,9 @@ pub struct Poll {
     pub events: Vec<TrainerEvent>,
     pub cursor: u64,
     pub state: RemoteState,
+    /// When to poll next, if not after [`RemoteProvider::poll_interval`] (a provider whose
+    /// polls cost more as the job goes on spaces them out).
+    pub next_poll: Option<Duration>,
 }
 
 pub trait RemoteProvider: Send + Sync {
@@ -223,6 +226,7 @@ pub(crate) async fn drive(
             sink.handle(event).await;
         }
         cursor = poll.cursor;
+        let wait = poll.next_poll.unwrap_or_else(|| provider.poll_interval());
         match poll.state {
             RemoteState::Running => {}
             RemoteState::Succeeded {
@@ -256,7 +260,7 @@ pub(crate) async fn drive(
                 ));
             }
         }
-        sleep_unless_stopped(provider.poll_interval(), control).await;
+        sleep_unless_stopped(wait, control).await;
     };
     let files = provider
         .fetch_artifacts(&external_id, output_dir)

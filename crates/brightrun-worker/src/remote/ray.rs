@@ -642,6 +642,13 @@ impl RayProvider {
     }
 }
 
+/// The log endpoint answers the whole log every time: a second between polls, plus a second
+/// per MiB the log has grown to, at most 10 s (a 100 000-step run logs ~20 MiB).
+pub fn next_poll(log_bytes: usize) -> Duration {
+    let mib = (log_bytes / (1024 * 1024)) as u64;
+    Duration::from_secs((1 + mib).min(10))
+}
+
 fn submission_id(s: &Submission) -> String {
     format!("brightrun-{}-a{}", s.job_id, s.attempt)
 }
@@ -714,6 +721,7 @@ impl RemoteProvider for RayProvider {
                 events: new_events,
                 cursor: events.len() as u64,
                 state,
+                next_poll: Some(next_poll(logs.len())),
             })
         })
     }
@@ -900,6 +908,14 @@ mod tests {
             panic!("FAILED is a failure")
         };
         assert!(message.contains("lack of memory"), "{message}");
+    }
+
+    #[test]
+    fn polls_space_out_as_the_log_grows() {
+        assert_eq!(next_poll(0), Duration::from_secs(1));
+        assert_eq!(next_poll(900 * 1024), Duration::from_secs(1));
+        assert_eq!(next_poll(3 * 1024 * 1024 + 5), Duration::from_secs(4));
+        assert_eq!(next_poll(200 * 1024 * 1024), Duration::from_secs(10));
     }
 
     #[test]
