@@ -130,7 +130,9 @@ pub async fn validate_dataset(
 ) -> Answer<ValidationReport> {
     let app = shell.app().await?;
     let cancel = shell.begin(&transfer);
-    let result = datasets::validate(&app, request, Some(sink(progress)), &cancel).await;
+    // The check the upload of a dropped file makes (structural for large files: exact token
+    // counts would take longer than the transfer; the worker's report has them).
+    let result = datasets::precheck(&app, request, Some(sink(progress)), &cancel).await;
     shell.end(&transfer);
     Ok(result?)
 }

@@ -423,6 +423,7 @@ fn seed_demo(url: &str, anon_key: &str) -> Result<()> {
                 name: None,
                 description: Some("The demo's customer-support conversations".to_owned()),
                 new: false,
+                structural: None,
                 chunk_size: None,
             },
             None,

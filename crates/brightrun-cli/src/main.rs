@@ -145,6 +145,14 @@ enum DatasetsCommand {
         /// Make a new dataset even if this file was uploaded before.
         #[arg(long)]
         new: bool,
+        /// Check the file with every rule but token counting before sending it (the default
+        /// from 64 MiB on; the worker counts tokens on the server either way).
+        #[arg(long, conflicts_with = "full")]
+        structural: bool,
+        /// Check the file in full, with exact token counts, before sending it (the default
+        /// below 64 MiB).
+        #[arg(long)]
+        full: bool,
         #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
         progress: ProgressMode,
         /// Bytes per PATCH (default 6 MiB, what hosted Supabase requires).
@@ -537,6 +545,8 @@ async fn datasets_command(
             name,
             description,
             new,
+            structural,
+            full,
             progress,
             chunk_size,
         } => {
@@ -546,6 +556,7 @@ async fn datasets_command(
                 name,
                 description,
                 new,
+                structural: (structural || full).then_some(structural),
                 chunk_size,
             };
             let result = datasets::upload(app, request, bar.sink(), &interrupt()).await;

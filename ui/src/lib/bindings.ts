@@ -1017,6 +1017,14 @@ export type UploadDataset = {
 	description?: string | null,
 	/**  A new dataset even if this exact file was uploaded before. */
 	new?: boolean,
+	/**
+	 *  The check before sending: `true` every rule but token counting
+	 *  ([`ValidationMode::Structural`]), `false` the full report with exact token counts.
+	 *  `None`: structural for files of [`STRUCTURAL_FROM_BYTES`] or more, full below. The
+	 *  worker validates every upload in full on the server either way, and its report (token
+	 *  counts, context warnings) is the dataset's.
+	 */
+	structural?: boolean | null,
 };
 
 /**  What an upload ended with. */

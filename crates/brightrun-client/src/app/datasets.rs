@@ -74,6 +74,34 @@ pub async fn validate(
     validate_with(app, ValidateFile::full(request.path), progress, cancel).await
 }
 
+/// The check [`upload`] makes before sending the file, alone: what a front end shows between a
+/// drop and the upload (the structural pass from [`STRUCTURAL_FROM_BYTES`] on, the full report
+/// below). Nothing is sent.
+pub async fn precheck(
+    app: &App,
+    request: LocalFile,
+    progress: Option<ProgressFn>,
+    cancel: &CancellationToken,
+) -> Result<ValidationReport> {
+    let mode = upload_mode(&request.path, None);
+    let request = ValidateFile {
+        mode,
+        ..ValidateFile::full(request.path)
+    };
+    validate_with(app, request, progress, cancel).await
+}
+
+/// How [`upload`] checks a file: `structural` when given, else by the file's size.
+fn upload_mode(path: &std::path::Path, structural: Option<bool>) -> ValidationMode {
+    let structural = structural
+        .unwrap_or_else(|| std::fs::metadata(path).is_ok_and(|m| m.len() >= STRUCTURAL_FROM_BYTES));
+    if structural {
+        ValidationMode::Structural
+    } else {
+        ValidationMode::Full
+    }
+}
+
 /// A local validation with a choice of what it computes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValidateFile {
@@ -210,16 +238,34 @@ pub struct UploadDataset {
     /// A new dataset even if this exact file was uploaded before.
     #[serde(default)]
     pub new: bool,
+    /// The check before sending: `true` every rule but token counting
+    /// ([`ValidationMode::Structural`]), `false` the full report with exact token counts.
+    /// `None`: structural for files of [`STRUCTURAL_FROM_BYTES`] or more, full below. The
+    /// worker validates every upload in full on the server either way, and its report (token
+    /// counts, context warnings) is the dataset's.
+    #[serde(default)]
+    pub structural: Option<bool>,
     /// Bytes per PATCH (tests; the default is what Supabase requires).
     #[serde(default, skip)]
     pub chunk_size: Option<u64>,
 }
 
-fn uploader(app: &App, api: crate::api::Api, chunk_size: Option<u64>) -> Uploader {
+/// From this size on, an upload's own check is the structural pass: exact token counts cost
+/// ~25 CPU-s per GB, several times the transfer on a fast link, and the worker counts them on
+/// the server anyway.
+pub const STRUCTURAL_FROM_BYTES: u64 = 64 * 1024 * 1024;
+
+fn uploader(
+    app: &App,
+    api: crate::api::Api,
+    chunk_size: Option<u64>,
+    mode: ValidationMode,
+) -> Uploader {
     let mut options = UploadOptions {
         retry: app.config().retry.transfers,
         ..UploadOptions::default()
     };
+    options.validation.mode = mode;
     if let Some(chunk) = chunk_size {
         options.chunk_size = chunk.max(1);
     }
@@ -236,7 +282,8 @@ pub async fn upload(
     cancel: &CancellationToken,
 ) -> Result<UploadOutcome> {
     check_file(&request.path)?;
-    let uploader = uploader(app, app.api().await?, request.chunk_size);
+    let mode = upload_mode(&request.path, request.structural);
+    let uploader = uploader(app, app.api().await?, request.chunk_size, mode);
     let upload = UploadRequest {
         path: request.path,
         name: request.name,
@@ -264,7 +311,9 @@ pub struct InterruptedUpload {
 /// The uploads of the signed-in user that did not finish, oldest first.
 pub async fn interrupted(app: &App) -> Result<Vec<InterruptedUpload>> {
     let api = app.api().await?;
-    let records = uploader(app, api, None).unfinished().await?;
+    let records = uploader(app, api, None, ValidationMode::Full)
+        .unfinished()
+        .await?;
     Ok(records
         .into_iter()
         .map(|r| {

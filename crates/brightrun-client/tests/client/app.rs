@@ -34,6 +34,7 @@ async fn wrong_types_and_oversized_files_are_refused_before_any_work() {
             name: None,
             description: None,
             new: false,
+            structural: None,
             chunk_size: None,
         };
         let error = datasets::upload(&app, request, None, &cancel)
@@ -112,16 +113,28 @@ async fn lists_are_shown_from_the_cache_when_the_server_is_gone() {
         empty.items.is_empty() && empty.stale && empty.fetched_at.is_none(),
         "{empty:?}"
     );
-    let fresh = datasets::list(&app, datasets::ListDatasets::default())
-        .await
-        .expect("online");
+    let fresh = datasets::list(
+        &app,
+        datasets::ListDatasets {
+            refresh: Refresh::Server,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("online");
     assert_eq!(fresh.items.len(), 2, "both datasets");
     assert!(!fresh.stale, "fresh from the server");
 
     proxy.cut_all();
-    let offline = datasets::list(&app, datasets::ListDatasets::default())
-        .await
-        .expect_err("the server is gone");
+    let offline = datasets::list(
+        &app,
+        datasets::ListDatasets {
+            refresh: Refresh::Server,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("the server is gone");
     assert_eq!(offline.code(), ErrorCode::Offline, "{offline:?}");
     let cached = datasets::list(
         &app,
@@ -265,4 +278,110 @@ async fn preferences_are_checked_kept_and_used() {
         budget.alert && !budget.over && (budget.used - 0.6).abs() < 1e-9,
         "60 % used: past the alert, within the budget: {budget:?}"
     );
+}
+
+#[tokio::test]
+async fn an_upload_checks_large_files_structurally_and_small_ones_in_full_unless_told() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = mint_user(stack(), "app-structural").await;
+    let app = app_at(&stack().url, &dir.path().join("app"), Some(&user)).await;
+    let cancel = CancellationToken::new();
+    let upload = |path: std::path::PathBuf, structural: Option<bool>| {
+        let app = &app;
+        let cancel = &cancel;
+        async move {
+            datasets::upload(
+                app,
+                datasets::UploadDataset {
+                    path,
+                    name: None,
+                    description: None,
+                    new: true,
+                    structural,
+                    chunk_size: None,
+                },
+                None,
+                cancel,
+            )
+            .await
+        }
+    };
+    let small = dataset_file(dir.path(), "small.jsonl", 64 * 1024);
+    let full = upload(small.clone(), None).await.expect("uploaded");
+    assert!(
+        full.report.statistics.tokens.is_some(),
+        "a small file is counted before it is sent"
+    );
+    let structural = upload(small.clone(), Some(true)).await.expect("uploaded");
+    assert_eq!(
+        structural.report.statistics.tokens, None,
+        "told to, a small file gets the structural pass (no token figures)"
+    );
+    assert_eq!(
+        structural.report.statistics.lines,
+        full.report.statistics.lines
+    );
+
+    let large = dataset_file(
+        dir.path(),
+        "large.jsonl",
+        datasets::STRUCTURAL_FROM_BYTES as usize + 1024,
+    );
+    let precheck = |path: std::path::PathBuf| {
+        let app = &app;
+        let cancel = &cancel;
+        async move {
+            datasets::precheck(app, datasets::LocalFile { path }, None, cancel)
+                .await
+                .expect("checked")
+        }
+    };
+    assert!(
+        precheck(small.clone()).await.statistics.tokens.is_some(),
+        "the check before an upload counts a small file"
+    );
+    assert_eq!(
+        precheck(large.clone()).await.statistics.tokens,
+        None,
+        "and passes a large one structurally, as the upload will"
+    );
+    let auto = upload(large.clone(), None).await.expect("uploaded");
+    assert_eq!(
+        auto.report.statistics.tokens, None,
+        "from STRUCTURAL_FROM_BYTES on, the structural pass"
+    );
+    assert_eq!(auto.bytes, std::fs::metadata(&large).expect("size").len());
+
+    // The structural pass still refuses a broken file, and nothing is created for it.
+    let broken = dir.path().join("broken.jsonl");
+    std::fs::write(
+        &broken,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n{not json\n",
+    )
+    .expect("write");
+    let before = datasets::list(
+        &app,
+        datasets::ListDatasets {
+            refresh: Refresh::Server,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("list")
+    .items
+    .len();
+    let error = upload(broken, Some(true)).await.expect_err("refused");
+    assert_eq!(error.code(), ErrorCode::ValidationFailed, "{error}");
+    let after = datasets::list(
+        &app,
+        datasets::ListDatasets {
+            refresh: Refresh::Server,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("list")
+    .items
+    .len();
+    assert_eq!(before, after, "no dataset row for a refused file");
 }

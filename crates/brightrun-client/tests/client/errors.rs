@@ -73,6 +73,7 @@ async fn fail(app: &App, path: Path3, fixture: &Fixture, dir: &Path) -> Error {
                 name: None,
                 description: None,
                 new: true,
+                structural: None,
                 chunk_size: None,
             },
             None,

@@ -74,6 +74,7 @@ async fn a_user_story_through_the_app_layer_alone() {
             name: Some("support-bot".into()),
             description: None,
             new: true,
+            structural: None,
             chunk_size: None,
         },
         Some(sink),
