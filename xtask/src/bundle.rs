@@ -18,6 +18,9 @@ use crate::{desktop, setup};
 const SIDECARS: &[(&str, &str)] = &[
     ("brightrun-stack", "brightrun-stack"),
     ("brightrun-worker", "brightrun-worker"),
+    // The training entrypoint `brightrun-worker --backend ray` ships to a Ray cluster (it looks
+    // beside itself).
+    ("brightrun-worker", "brightrun-train"),
     ("brightrun-cli", "brightrun"),
 ];
 
@@ -40,7 +43,9 @@ pub fn build(release: bool, ui_built: bool) -> Result<PathBuf> {
         build.push("--release");
     }
     for (package, _) in SIDECARS {
-        build.extend(["-p", package]);
+        if !build.contains(package) {
+            build.extend(["-p", package]);
+        }
     }
     if !setup::cargo(&build)? {
         bail!("building the sidecars failed");
@@ -203,8 +208,29 @@ pub fn check(deb: &Path) -> Result<()> {
         println!("  {line}");
     }
 
+    // Every sidecar where the app and `brightrun-worker --backend ray` look for them.
+    let missing: Vec<&str> = SIDECARS
+        .iter()
+        .map(|(_, binary)| *binary)
+        .filter(|binary| !Path::new("/usr/bin").join(binary).is_file())
+        .collect();
     // Removed whatever the start did; the start's failure is reported after.
-    let started = start_installed();
+    let started = if missing.is_empty() {
+        println!(
+            "  /usr/bin: {}",
+            SIDECARS
+                .iter()
+                .map(|(_, b)| *b)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        start_installed()
+    } else {
+        Err(anyhow::anyhow!(
+            "the package installed no /usr/bin/{}",
+            missing.join(", /usr/bin/")
+        ))
+    };
     if let Ok(said) = &started {
         println!("{said}");
     }
