@@ -305,38 +305,17 @@ impl Api {
         self.get_one("datasets", "dataset", id).await
     }
 
-    /// Registers a dataset (`create_dataset`); its `storage_path` is where the file goes.
+    /// Registers a dataset (`create_dataset`); its `storage_path` is where the file goes. With
+    /// a chosen `id` the call is idempotent, so it is retried like a read.
     pub async fn create_dataset(&self, input: &CreateDatasetInput) -> Result<Dataset> {
         let args = serde_json::to_value(input)
             .map_err(|e| Error::Protocol(format!("create_dataset arguments: {e}")))?;
-        self.rpc("create_dataset", args, Idempotency::NotIdempotent)
-            .await
-    }
-
-    /// The caller's datasets still `uploading` with this name, file name and size, created
-    /// since `since`, newest first: what an upload interrupted between `create_dataset`
-    /// committing and its answer arriving left behind.
-    pub async fn uploading_datasets(
-        &self,
-        name: &str,
-        file_name: &str,
-        file_size: u64,
-        since: DateTime<Utc>,
-    ) -> Result<Vec<Dataset>> {
-        self.get(
-            "datasets",
-            &[
-                self.me(),
-                ("name", format!("eq.{name}")),
-                ("file_name", format!("eq.{file_name}")),
-                ("file_size", format!("eq.{file_size}")),
-                ("status", "eq.uploading".to_owned()),
-                ("deleted_at", "is.null".to_owned()),
-                ("created_at", format!("gte.{}", timestamp(since))),
-                ("order", "created_at.desc".to_owned()),
-            ],
-        )
-        .await
+        let idempotency = if input.id.is_some() {
+            Idempotency::Idempotent
+        } else {
+            Idempotency::NotIdempotent
+        };
+        self.rpc("create_dataset", args, idempotency).await
     }
 
     /// The file is uploaded: hand the dataset to validation (`confirm_dataset_upload`).

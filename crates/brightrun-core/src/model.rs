@@ -707,6 +707,20 @@ pub struct CreateDatasetInput {
     pub format: Option<DatasetFormat>,
     pub file_name: String,
     pub file_size: u64,
+    /// The dataset's id, chosen by the client so it knows where the file goes before the row
+    /// exists ([`dataset_storage_path`]); the server chooses when `None`. With an id the call is
+    /// idempotent for the caller's own dataset still `uploading` with the same file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+}
+
+/// Where `create_dataset` puts the file of dataset `dataset` of `user`:
+/// `{user}/{dataset}/{file_name}` in [`DATASETS_BUCKET`](crate::DATASETS_BUCKET). The server's
+/// rule (migrations, `create_dataset`), for a client that chooses the id and sends the bytes
+/// before the row exists; the row the server returns names the path again, and the uploader
+/// refuses to go on if the two differ.
+pub fn dataset_storage_path(user: Uuid, dataset: Uuid, file_name: &str) -> String {
+    format!("{user}/{dataset}/{file_name}")
 }
 
 /// Arguments of the create-training-job call (CreateTrainingJobInput).

@@ -3,8 +3,9 @@
 //!
 //! Two ways in: `/upload/resumable` with the bearer token ([`TusAuth::Bearer`], the worker) and
 //! `/upload/resumable/sign` with a signed upload token in `x-signature` ([`TusAuth::Signed`], a
-//! user's dataset upload). Bytes are read from disk as they are sent, in `chunk_size` PATCHes
-//! (6 MiB: what Supabase requires), so memory stays constant.
+//! user's dataset upload). The file goes in `chunk_size` PATCHes (6 MiB: what Supabase
+//! requires), each read from disk in one go while the one before it is answered, so memory stays
+//! at two chunks whatever the file's size.
 //!
 //! [`ResumableUpload::run`] never retries blindly: after any failed PATCH the offset is re-read
 //! with HEAD, a 409 offset conflict is a resync, a refused token is renewed, an upload the server
@@ -22,7 +23,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures::StreamExt as _;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use url::Url;
 
 use crate::error::{ApiError, Error, Result, Service};
@@ -119,6 +119,14 @@ pub trait TusHooks: Send {
         Ok(())
     }
 
+    /// Before the PATCH that would complete the upload, the one after which the object exists:
+    /// wait for whatever must hold first (a dataset upload waits for its file's check and
+    /// registers the dataset). An error ends the upload with it (a retryable one is retried
+    /// with the PATCH); nothing of the last chunk is sent. Called again if that PATCH fails.
+    fn before_completing(&mut self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+
     /// Creation answered 409, the object exists: `true` when it is this upload's own (an
     /// earlier run finished without hearing the answer), which ends the upload.
     fn exists(&mut self, answer: &ApiError) -> impl Future<Output = Result<bool>> + Send {
@@ -189,6 +197,8 @@ struct State {
     offset: u64,
     /// The offset must be read from the server before the next PATCH.
     resync: bool,
+    /// The next chunk, being read from disk while the current PATCH is answered: its offset.
+    ahead: Option<(u64, tokio::task::JoinHandle<std::io::Result<bytes::Bytes>>)>,
 }
 
 impl ResumableUpload<'_> {
@@ -202,6 +212,7 @@ impl ResumableUpload<'_> {
             resync: resume.is_some(),
             url: resume,
             offset: 0,
+            ahead: None,
         };
         let mut backoff = Backoff::new(self.options.retry);
         loop {
@@ -286,7 +297,21 @@ impl ResumableUpload<'_> {
         }
         hooks.before_chunk()?;
         let start = state.offset;
-        match self.patch(&auth, &url, start).await {
+        let len = self.chunk_len(start);
+        if start + len >= self.size {
+            hooks.before_completing().await?;
+        }
+        let chunk = match state.ahead.take() {
+            Some((at, read)) if at == start => read.await.map_err(std::io::Error::other)??,
+            _ => read_chunk(self.file.to_owned(), start, len).await?,
+        };
+        // Read the next chunk while this one goes and the server stores it.
+        let next = start + len;
+        if next < self.size {
+            let read = read_chunk(self.file.to_owned(), next, self.chunk_len(next));
+            state.ahead = Some((next, tokio::spawn(read)));
+        }
+        match self.patch(&auth, &url, start, chunk).await {
             Ok(offset) => {
                 state.offset = offset;
                 hooks.confirmed(Some(&url), offset).await?;
@@ -363,19 +388,7 @@ impl ResumableUpload<'_> {
         method: reqwest::Method,
         url: Url,
     ) -> Result<reqwest::RequestBuilder> {
-        let request = self
-            .storage
-            .http()
-            .request(method, url)
-            .header("tus-resumable", TUS_VERSION)
-            .header("apikey", self.storage.apikey().expose());
-        Ok(match auth {
-            TusAuth::Bearer => {
-                let token = self.storage.credentials().bearer().await?;
-                request.bearer_auth(token.expose())
-            }
-            TusAuth::Signed(token) => request.header("x-signature", token.expose()),
-        })
+        request(self.storage, auth, method, url).await
     }
 
     async fn create(&self, auth: &TusAuth) -> Result<Url> {
@@ -435,21 +448,32 @@ impl ResumableUpload<'_> {
         Ok(offset)
     }
 
-    /// Sends one chunk from `start`, read from disk as it goes out; the server's new offset.
-    async fn patch(&self, auth: &TusAuth, url: &Url, start: u64) -> Result<u64> {
-        let len = self.options.chunk_size.min(self.size - start);
-        let mut file = tokio::fs::File::open(self.file).await?;
-        file.seek(std::io::SeekFrom::Start(start)).await?;
+    /// Bytes of the chunk that starts at `start`.
+    fn chunk_len(&self, start: u64) -> u64 {
+        self.options.chunk_size.max(1).min(self.size - start)
+    }
+
+    /// Sends `chunk`, the file's bytes from `start`; the server's new offset.
+    async fn patch(
+        &self,
+        auth: &TusAuth,
+        url: &Url,
+        start: u64,
+        chunk: bytes::Bytes,
+    ) -> Result<u64> {
+        let len = chunk.len() as u64;
         let progress = self.progress.clone();
         let mut sent = start;
-        let body = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_PIECE).inspect(
-            move |piece| {
-                if let (Ok(bytes), Some(progress)) = (piece, &progress) {
-                    sent += bytes.len() as u64;
-                    progress(sent);
-                }
-            },
-        );
+        // Handed over in pieces, so progress moves while the chunk goes.
+        let pieces = (0..chunk.len()).step_by(READ_PIECE).map(move |at| {
+            Ok::<_, std::io::Error>(chunk.slice(at..(at + READ_PIECE).min(chunk.len())))
+        });
+        let body = futures::stream::iter(pieces).inspect(move |piece| {
+            if let (Ok(bytes), Some(progress)) = (piece, &progress) {
+                sent += bytes.len() as u64;
+                progress(sent);
+            }
+        });
         let mut request = self
             .request(auth, reqwest::Method::PATCH, url.clone())
             .await?
@@ -479,6 +503,67 @@ impl ResumableUpload<'_> {
 enum Step {
     Continue,
     Done,
+}
+
+/// `len` bytes of `file` from `start`, read on a blocking thread in one go (a chunk is 6 MiB:
+/// one read instead of a hundred 64 KiB hops through tokio's file adapter).
+async fn read_chunk(
+    file: std::path::PathBuf,
+    start: u64,
+    len: u64,
+) -> std::io::Result<bytes::Bytes> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Seek as _};
+        let mut f = std::fs::File::open(file)?;
+        f.seek(std::io::SeekFrom::Start(start))?;
+        let mut buf = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
+        f.read_exact(&mut buf)?;
+        Ok(bytes::Bytes::from(buf))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+async fn request(
+    storage: &Storage,
+    auth: &TusAuth,
+    method: reqwest::Method,
+    url: Url,
+) -> Result<reqwest::RequestBuilder> {
+    let request = storage
+        .http()
+        .request(method, url)
+        .header("tus-resumable", TUS_VERSION)
+        .header("apikey", storage.apikey().expose());
+    Ok(match auth {
+        TusAuth::Bearer => {
+            let token = storage.credentials().bearer().await?;
+            request.bearer_auth(token.expose())
+        }
+        TusAuth::Signed(token) => request.header("x-signature", token.expose()),
+    })
+}
+
+/// Ends an unfinished upload (TUS termination, `DELETE` on its URL): the server drops the bytes
+/// it holds, and no object ever appears. An upload the server no longer knows (404, 410) is
+/// already gone.
+pub async fn terminate(
+    storage: &Storage,
+    upload: &Url,
+    auth: &TusAuth,
+    timeout: Duration,
+) -> Result<()> {
+    let response = request(storage, auth, reqwest::Method::DELETE, upload.clone())
+        .await?
+        .timeout(timeout)
+        .send()
+        .await?;
+    let status = response.status();
+    if status.is_success() || matches!(status.as_u16(), 404 | 410) {
+        Ok(())
+    } else {
+        Err(ApiError::from_response(Service::Tus, response).await.into())
+    }
 }
 
 async fn wait(backoff: &mut Backoff, last: Error) -> Result<()> {

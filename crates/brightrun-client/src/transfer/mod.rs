@@ -1,8 +1,9 @@
 //! Resumable uploads and verified downloads (ARCHITECTURE.md §5).
 //!
-//! - [`upload`]: validate locally, `create_dataset`, a signed TUS upload streamed from disk in
-//!   6 MiB PATCHes, `confirm_dataset_upload`; the state lives in the local database
-//!   ([`state`]), so a crash, a cut connection or a restart resumes the same dataset.
+//! - [`upload`]: the local check and a signed TUS upload streamed from disk in 6 MiB PATCHes,
+//!   side by side; the last chunk waits for the verdict and `create_dataset`, then
+//!   `confirm_dataset_upload`; the state lives in the local database ([`state`]), so a crash,
+//!   a cut connection or a restart resumes the same dataset.
 //! - [`download`]: signed URLs, `Range` resume from `<name>.part`, parallel segments for large
 //!   files, SHA-256 against the manifest's digest, atomic rename, sanitised names.
 //!
@@ -17,5 +18,5 @@ pub mod upload;
 
 pub use download::{DownloadOptions, Downloaded, Downloader, sanitize_file_name};
 pub use progress::{Phase, Progress, ProgressFn};
-pub use state::UploadStateStore;
+pub use state::{DatasetTarget, UploadStateStore};
 pub use upload::{UploadOptions, UploadOutcome, UploadRequest, Uploader};

@@ -9,9 +9,16 @@ use crate::error::{Error, Result};
 /// Where an upload is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// Left by versions that registered the dataset before sending (create_dataset was maybe
+    /// called, its id unknown). Such an upload is abandoned and started again.
     Creating,
+    /// The dataset's id and object path are chosen; bytes are going through `tus_url`. The
+    /// dataset row is made (with that id) only once the file passed its check, just before
+    /// the last chunk.
     Uploading,
+    /// Every byte is stored and the dataset registered; confirm_dataset_upload remains.
     Uploaded,
+    /// Done; kept so that running the same upload again finds the dataset.
     Confirmed,
 }
 
@@ -41,7 +48,29 @@ impl Stage {
 pub struct Fingerprint {
     pub size: u64,
     pub mtime_ns: i64,
+    /// Lowercase hex; empty until the check running beside the transfer has read the whole
+    /// file (an upload resumed after that compares it before completing).
     pub sha256: String,
+}
+
+/// Where a new upload's dataset goes: the id the client chose for it and its object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetTarget {
+    pub id: uuid::Uuid,
+    pub bucket: String,
+    pub path: String,
+}
+
+impl DatasetTarget {
+    /// A new dataset of `user` for a file stored as `file_name`.
+    pub fn new(user: uuid::Uuid, file_name: &str) -> Self {
+        let id = uuid::Uuid::new_v4();
+        Self {
+            id,
+            bucket: brightrun_core::DATASETS_BUCKET.to_owned(),
+            path: brightrun_core::dataset_storage_path(user, id, file_name),
+        }
+    }
 }
 
 /// One upload's row.
@@ -168,17 +197,6 @@ impl UploadStateStore {
         rows.into_iter().map(record).collect()
     }
 
-    /// Dataset ids some row of this user already owns (so recovery never adopts one twice).
-    pub async fn known_dataset_ids(&self, project_url: &str, user_id: &str) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "select dataset_id from upload_state where project_url = ?1 and user_id = ?2 and dataset_id is not null",
-        )
-        .bind(project_url)
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
     /// A fresh row in stage `creating`, replacing any row for the same file.
     pub async fn start(
         &self,
@@ -187,16 +205,20 @@ impl UploadStateStore {
         file_path: &str,
         fingerprint: &Fingerprint,
         dataset_name: &str,
+        target: &DatasetTarget,
     ) -> Result<UploadRecord> {
         let t = now();
+        let dataset_id = target.id.to_string();
         let id: i64 = sqlx::query_scalar(
             "insert into upload_state (project_url, user_id, file_path, file_size, file_mtime_ns,
-               file_sha256, dataset_name, stage, started_at, updated_at)
-             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'creating', ?8, ?8)
+               file_sha256, dataset_name, stage, dataset_id, storage_bucket, storage_path,
+               started_at, updated_at)
+             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'uploading', ?8, ?9, ?10, ?11, ?11)
              on conflict (project_url, user_id, file_path) do update set
                file_size = excluded.file_size, file_mtime_ns = excluded.file_mtime_ns,
                file_sha256 = excluded.file_sha256, dataset_name = excluded.dataset_name,
-               stage = 'creating', dataset_id = null, storage_bucket = null, storage_path = null,
+               stage = 'uploading', dataset_id = excluded.dataset_id,
+               storage_bucket = excluded.storage_bucket, storage_path = excluded.storage_path,
                tus_url = null, confirmed_offset = 0, started_at = excluded.started_at,
                updated_at = excluded.updated_at
              returning id",
@@ -208,6 +230,9 @@ impl UploadStateStore {
         .bind(fingerprint.mtime_ns)
         .bind(&fingerprint.sha256)
         .bind(dataset_name)
+        .bind(&dataset_id)
+        .bind(&target.bucket)
+        .bind(&target.path)
         .bind(t)
         .fetch_one(&self.pool)
         .await?;
@@ -218,21 +243,23 @@ impl UploadStateStore {
             file_path: file_path.to_owned(),
             fingerprint: fingerprint.clone(),
             dataset_name: dataset_name.to_owned(),
-            stage: Stage::Creating,
-            dataset_id: None,
-            storage_bucket: None,
-            storage_path: None,
+            stage: Stage::Uploading,
+            dataset_id: Some(dataset_id),
+            storage_bucket: Some(target.bucket.clone()),
+            storage_path: Some(target.path.clone()),
             tus_url: None,
             confirmed_offset: 0,
             started_at: t,
         })
     }
 
-    /// Writes the mutable part of `record` (stage, dataset, TUS URL, offset).
+    /// Writes the mutable part of `record` (stage, dataset, TUS URL, offset, the file's
+    /// SHA-256 once known).
     pub async fn save(&self, record: &UploadRecord) -> Result<()> {
         sqlx::query(
             "update upload_state set stage = ?2, dataset_id = ?3, storage_bucket = ?4,
-               storage_path = ?5, tus_url = ?6, confirmed_offset = ?7, updated_at = ?8
+               storage_path = ?5, tus_url = ?6, confirmed_offset = ?7, updated_at = ?8,
+               file_sha256 = ?9
              where id = ?1",
         )
         .bind(record.id)
@@ -243,6 +270,7 @@ impl UploadStateStore {
         .bind(&record.tus_url)
         .bind(i64_of(record.confirmed_offset))
         .bind(now())
+        .bind(&record.fingerprint.sha256)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -1,22 +1,26 @@
-//! Dataset uploads: validate, create_dataset, signed TUS upload streamed from disk, confirm.
+//! Dataset uploads: the check and a signed TUS upload side by side, then register and confirm.
 //!
-//! 1. The file is validated locally with `brightrun_core` (every error, with its line) and
-//!    fingerprinted in the same pass: size, mtime and the SHA-256 of the whole file. A file with
-//!    errors is refused with the full report before a byte leaves the machine.
-//! 2. `create_dataset` ([`Api::create_dataset`]) registers the dataset and names its storage path.
-//! 3. A signed upload token for that path, then TUS on `/storage/v1/upload/resumable/sign`
-//!    (`brightrun_supabase::tus`, the same loop the worker uploads adapters with): 6 MiB
-//!    PATCHes read from disk as they are sent, a HEAD after any failure, tokens renewed.
+//! 1. The dataset's id is chosen here, so its object path (`{user}/{id}/{file}`, the server's
+//!    rule: `brightrun_core::dataset_storage_path`) is known before its row exists.
+//! 2. Two things run at once: the file is read through the validator (every error, with its
+//!    line) and fingerprinted in the same pass (size, mtime, SHA-256 of the whole file); and a
+//!    signed TUS upload to that path (`brightrun_supabase::tus`, the loop the worker uploads
+//!    adapters with) sends 6 MiB PATCHes read from disk, a HEAD after any failure, tokens
+//!    renewed.
+//! 3. The PATCH that would complete the object waits for the verdict. A file with errors stops
+//!    the transfer, which is terminated: no dataset row, no object, the full report
+//!    ([`Error::Invalid`]). A file that passed is registered (`create_dataset` with the chosen
+//!    id; idempotent, so a run that died before hearing the answer just calls it again), then
+//!    its last chunk goes.
 //! 4. `confirm_dataset_upload` hands the dataset to the worker.
 //!
 //! Every step the server confirmed is written to `upload_state` first, so running the same
-//! upload again after a crash, a cut or a restart continues the same dataset. If the process dies
-//! between `create_dataset` committing and its answer arriving, the next run adopts that dataset
-//! (same name, file name and size, still `uploading`, created since the run started) instead of
-//! making a second one.
+//! upload again after a crash, a cut or a restart continues the same dataset; the SHA-256 the
+//! upload began with must still be the file's before its last chunk goes.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,8 +42,8 @@ use crate::api::Api;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::session::Session;
-use crate::transfer::progress::{Meter, Phase, ProgressFn};
-use crate::transfer::state::{Fingerprint, Stage, UploadRecord, UploadStateStore};
+use crate::transfer::progress::{Meter, Phase, Progress, ProgressFn};
+use crate::transfer::state::{DatasetTarget, Fingerprint, Stage, UploadRecord, UploadStateStore};
 
 /// What to upload.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,45 +187,62 @@ impl Uploader {
     }
 
     /// Validates and uploads `request.path`, resuming an earlier upload of the same file.
+    ///
+    /// The check and the transfer run side by side: bytes go while the file is read through
+    /// the validator (and hashed), and the PATCH that would complete the object waits for the
+    /// verdict. Only a file that passed is registered (`create_dataset` with the id chosen at
+    /// the start) and completed; a file with errors ends the transfer, which is then terminated,
+    /// so it leaves no dataset row and no object ([`Error::Invalid`], with the report).
     pub async fn upload(
         &self,
         request: &UploadRequest,
         progress: Option<ProgressFn>,
     ) -> Result<UploadOutcome> {
         let path = std::fs::canonicalize(&request.path)?;
-        let (report, fingerprint) = validate_file(
-            &path,
-            &self.options.validation,
-            progress.clone(),
-            &Default::default(),
-        )
-        .await?;
-        if !report.is_valid() {
-            return Err(Error::Invalid(Box::new(report)));
-        }
+        let meta = std::fs::metadata(&path)?;
+        let (size, mtime) = (meta.len(), mtime_ns(&meta));
         let session = self.api.session();
         let project_url = session.project().url.as_str().to_owned();
-        let user_id = session.user_id().to_string();
+        let user_id = session.user_id();
         let file_path = path.to_string_lossy().into_owned();
         let name = dataset_name(request, &path);
+        let file_name = storage_file_name(&request.path);
+        let same_file =
+            |r: &UploadRecord| r.fingerprint.size == size && r.fingerprint.mtime_ns == mtime;
 
-        let existing = self.store.find(&project_url, &user_id, &file_path).await?;
+        let existing = self
+            .store
+            .find(&project_url, &user_id.to_string(), &file_path)
+            .await?;
         let record = match existing {
-            Some(r) if r.fingerprint == fingerprint && r.stage == Stage::Confirmed => {
-                if request.force_new {
-                    None
-                } else {
+            Some(r) if r.stage == Stage::Confirmed && same_file(&r) && !request.force_new => {
+                // Uploaded before: nothing is sent if the file's SHA-256 is still the same.
+                let (report, fingerprint) = validate_file(
+                    &path,
+                    &self.options.validation,
+                    progress.clone(),
+                    &Default::default(),
+                )
+                .await?;
+                if fingerprint == r.fingerprint {
+                    if !report.is_valid() {
+                        return Err(Error::Invalid(Box::new(report)));
+                    }
                     return Ok(UploadOutcome {
                         dataset_id: parse_uuid(r.dataset_id.as_deref())?,
                         dataset: None,
                         report,
                         resumed_from: None,
                         already_uploaded: true,
-                        bytes: fingerprint.size,
+                        bytes: size,
                     });
                 }
+                None
             }
-            Some(r) if r.fingerprint == fingerprint => Some(r),
+            Some(r) if r.stage == Stage::Confirmed => None,
+            Some(r) if same_file(&r) && r.stage != Stage::Creating && r.dataset_id.is_some() => {
+                Some(r)
+            }
             Some(stale) => {
                 self.abandon(&stale).await;
                 None
@@ -232,35 +253,103 @@ impl Uploader {
         let record = match record {
             Some(r) => r,
             None => {
+                // The dataset's id is chosen here, so the bytes can go before its row exists.
+                let dataset = DatasetTarget::new(user_id, &file_name);
+                let fingerprint = Fingerprint {
+                    size,
+                    mtime_ns: mtime,
+                    sha256: String::new(),
+                };
                 self.store
-                    .start(&project_url, &user_id, &file_path, &fingerprint, &name)
+                    .start(
+                        &project_url,
+                        &user_id.to_string(),
+                        &file_path,
+                        &fingerprint,
+                        &name,
+                        &dataset,
+                    )
                     .await?
             }
         };
-        let format = request
-            .format
-            .clone()
-            .or_else(|| report.format.clone())
-            .unwrap_or_default();
+
+        let meter = Arc::new(Mutex::new(Meter::new(progress.clone(), size)));
+        let held = Arc::new(AtomicBool::new(false));
+        let validated = Arc::new(AtomicU64::new(0));
+        let check_progress: ProgressFn = {
+            let (held, validated) = (held.clone(), validated.clone());
+            Arc::new(move |p: &Progress| {
+                validated.store(p.bytes, Ordering::Relaxed);
+                // The check's own reports show only while the transfer waits for it.
+                if let Some(sink) = &progress
+                    && held.load(Ordering::Relaxed)
+                {
+                    sink(p);
+                }
+            })
+        };
+        let stop_check = CancellationToken::new();
+        let _stop_check_on_drop = stop_check.clone().drop_guard();
+        let refused = CancellationToken::new();
+        let (verdict_tx, verdict_rx) = tokio::sync::watch::channel(None);
+        let check = async {
+            let checked = validate_file(
+                &path,
+                &self.options.validation,
+                Some(check_progress),
+                &stop_check,
+            )
+            .await;
+            match &checked {
+                Ok((report, fingerprint)) if report.is_valid() => {
+                    verdict_tx.send_replace(Some(Verdict {
+                        fingerprint: fingerprint.clone(),
+                        format: report.format.clone(),
+                    }));
+                }
+                _ => refused.cancel(),
+            }
+            checked
+        };
         let mut run = Run {
             up: self,
-            path,
-            file_name: storage_file_name(&request.path),
+            path: path.clone(),
+            file_name,
             description: request.description.clone(),
-            format,
+            format: request.format.clone(),
             record,
-            may_adopt: resumed,
-            meter: Arc::new(Mutex::new(Meter::new(progress, fingerprint.size))),
+            meter,
             resumed_from: None,
+            verdict: verdict_rx,
+            held,
+            validated,
+            registered: false,
         };
-        let dataset = run.drive().await?;
+        let transfer = async {
+            tokio::select! {
+                sent = run.drive() => Some(sent),
+                () = refused.cancelled() => None,
+            }
+        };
+        let (checked, sent) = tokio::join!(check, transfer);
+        let report = match checked {
+            Ok((report, _)) if !report.is_valid() => {
+                self.discard(&run.record).await;
+                return Err(Error::Invalid(Box::new(report)));
+            }
+            Ok((report, _)) => report,
+            // The check could not finish (the file changed or could not be read): what the
+            // server confirmed stays, for a later run to resume or abandon.
+            Err(e) => return Err(e),
+        };
+        let dataset = sent.ok_or_else(|| Error::Protocol("the upload stopped".into()))??;
         Ok(UploadOutcome {
             dataset_id: parse_uuid(run.record.dataset_id.as_deref())?,
             dataset,
             report,
             resumed_from: run.resumed_from.filter(|_| resumed),
             already_uploaded: false,
-            bytes: fingerprint.size,
+            bytes: size,
         })
     }
 
@@ -275,19 +364,70 @@ impl Uploader {
             .await
     }
 
-    /// The file changed since its upload began: soft-delete the half-uploaded dataset (best
-    /// effort: a failure leaves an `uploading` row, which the user can delete) and forget it.
+    /// The file changed since its upload began: end its unfinished transfer and soft-delete its
+    /// dataset if it was registered (best effort: a failure leaves an `uploading` row, which
+    /// the user can delete), and forget it.
     async fn abandon(&self, stale: &UploadRecord) {
-        if stale.stage != Stage::Confirmed
-            && let Some(id) = stale.dataset_id.as_deref().and_then(|s| s.parse().ok())
-            && let Err(e) = self.api.delete_dataset(id).await
-        {
-            tracing::warn!(dataset = %id, error = %e, "could not delete an abandoned upload's dataset");
+        if stale.stage != Stage::Confirmed {
+            self.terminate(stale).await;
+            if let Some(id) = stale.dataset_id.as_deref().and_then(|s| s.parse().ok()) {
+                match self.api.delete_dataset(id).await {
+                    // Never registered: the file had not passed its check yet.
+                    Err(e) if e.code() == crate::error::ErrorCode::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(dataset = %id, error = %e, "could not delete an abandoned upload's dataset");
+                    }
+                    Ok(_) => {}
+                }
+            }
         }
         if let Err(e) = self.store.delete(stale.id).await {
             tracing::warn!(error = %e, "could not forget an abandoned upload");
         }
     }
+
+    /// The file failed its check while its bytes were going: end the transfer, so the server
+    /// drops what it holds (no object ever appears, and no dataset row was made), and forget it.
+    async fn discard(&self, record: &UploadRecord) {
+        self.terminate(record).await;
+        if let Err(e) = self.store.delete(record.id).await {
+            tracing::warn!(error = %e, "could not forget a refused upload");
+        }
+    }
+
+    /// Terminates the record's unfinished TUS upload, if it has one (best effort).
+    async fn terminate(&self, record: &UploadRecord) {
+        let (Some(url), Some(bucket), Some(object)) = (
+            record.tus_url.as_deref(),
+            record.storage_bucket.clone(),
+            record.storage_path.clone(),
+        ) else {
+            return;
+        };
+        let ended = async {
+            let url =
+                Url::parse(url).map_err(|e| Error::Protocol(format!("stored TUS URL: {e}")))?;
+            let token = (self.signer)(bucket, object).await?;
+            brightrun_supabase::tus::terminate(
+                self.api.storage(),
+                &url,
+                &TusAuth::Signed(token),
+                self.options.request_timeout,
+            )
+            .await?;
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = ended.await {
+            tracing::warn!(error = %e, "could not end an unfinished upload on the server");
+        }
+    }
+}
+
+/// What the check beside the transfer concluded about a file that passed.
+#[derive(Debug, Clone)]
+struct Verdict {
+    fingerprint: Fingerprint,
+    format: Option<DatasetFormat>,
 }
 
 /// One run of the upload state machine.
@@ -296,19 +436,30 @@ struct Run<'a> {
     path: PathBuf,
     file_name: String,
     description: Option<String>,
-    format: DatasetFormat,
+    /// The format to register; the one the check detected when `None`.
+    format: Option<DatasetFormat>,
     record: UploadRecord,
-    /// A `create_dataset` may have committed without us hearing the answer.
-    may_adopt: bool,
     meter: Arc<Mutex<Meter>>,
     resumed_from: Option<u64>,
+    /// Set once the file passed its check.
+    verdict: tokio::sync::watch::Receiver<Option<Verdict>>,
+    /// The transfer is waiting for the check (its progress is what shows).
+    held: Arc<AtomicBool>,
+    /// Bytes the check has read.
+    validated: Arc<AtomicU64>,
+    /// `create_dataset` answered for this run.
+    registered: bool,
 }
 
 impl Run<'_> {
     async fn drive(&mut self) -> Result<Option<Dataset>> {
         loop {
             match self.record.stage {
-                Stage::Creating => self.create_dataset().await?,
+                Stage::Creating => {
+                    return Err(Error::Protocol(
+                        "upload state from an older version: start the upload again".into(),
+                    ));
+                }
                 Stage::Uploading => self.transfer().await?,
                 Stage::Uploaded => {
                     let size = self.record.fingerprint.size;
@@ -323,64 +474,6 @@ impl Run<'_> {
                 Stage::Confirmed => return Ok(None),
             }
         }
-    }
-
-    async fn create_dataset(&mut self) -> Result<()> {
-        let size = self.record.fingerprint.size;
-        lock(&self.meter).phase(Phase::Preparing, 0, size);
-        let dataset = match self.adoptable().await? {
-            Some(d) => {
-                tracing::info!(dataset = %d.id, "continuing a dataset created by an interrupted run");
-                d
-            }
-            None => {
-                self.may_adopt = true;
-                self.up
-                    .api
-                    .create_dataset(&CreateDatasetInput {
-                        name: self.record.dataset_name.clone(),
-                        description: self.description.clone(),
-                        format: Some(self.format.clone()),
-                        file_name: self.file_name.clone(),
-                        file_size: size,
-                    })
-                    .await?
-            }
-        };
-        self.record.dataset_id = Some(dataset.id.to_string());
-        self.record.storage_bucket = Some(dataset.storage_bucket);
-        self.record.storage_path = Some(dataset.storage_path);
-        self.record.stage = Stage::Uploading;
-        self.up.store.save(&self.record).await?;
-        Ok(())
-    }
-
-    /// A dataset an interrupted `create_dataset` of this upload made, if any.
-    async fn adoptable(&self) -> Result<Option<Dataset>> {
-        if !self.may_adopt {
-            return Ok(None);
-        }
-        // Ten minutes of slack for clock skew between this machine and the server.
-        let since =
-            chrono::DateTime::from_timestamp(self.record.started_at - 600, 0).unwrap_or_default();
-        let rows = self
-            .up
-            .api
-            .uploading_datasets(
-                &self.record.dataset_name,
-                &self.file_name,
-                self.record.fingerprint.size,
-                since,
-            )
-            .await?;
-        let known = self
-            .up
-            .store
-            .known_dataset_ids(&self.record.project_url, &self.record.user_id)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .find(|d| !known.contains(&d.id.to_string())))
     }
 
     async fn transfer(&mut self) -> Result<()> {
@@ -416,14 +509,22 @@ impl Run<'_> {
         };
         let mut hooks = Hooks {
             signer: self.up.signer.clone(),
+            api: &self.up.api,
             storage: self.up.api.storage().clone(),
             store: &self.up.store,
             record: &mut self.record,
             bucket,
             object,
             path: &self.path,
+            file_name: &self.file_name,
+            description: self.description.as_deref(),
+            format: self.format.as_ref(),
             meter: self.meter.clone(),
             resumed_from: &mut self.resumed_from,
+            verdict: self.verdict.clone(),
+            held: &self.held,
+            validated: &self.validated,
+            registered: &mut self.registered,
         };
         upload.run(resume, &mut hooks).await?;
         self.record.stage = Stage::Uploaded;
@@ -433,17 +534,86 @@ impl Run<'_> {
     }
 }
 
-/// What the upload loop asks of a dataset upload: signed tokens, the local state, the file.
+/// What the upload loop asks of a dataset upload: signed tokens, the local state, the file,
+/// and, before the last chunk, the check's verdict and the dataset's row.
 struct Hooks<'a> {
     signer: SignFn,
+    api: &'a Api,
     storage: Storage,
     store: &'a UploadStateStore,
     record: &'a mut UploadRecord,
     bucket: String,
     object: String,
     path: &'a Path,
+    file_name: &'a str,
+    description: Option<&'a str>,
+    format: Option<&'a DatasetFormat>,
     meter: Arc<Mutex<Meter>>,
     resumed_from: &'a mut Option<u64>,
+    verdict: tokio::sync::watch::Receiver<Option<Verdict>>,
+    held: &'a AtomicBool,
+    validated: &'a AtomicU64,
+    registered: &'a mut bool,
+}
+
+impl Hooks<'_> {
+    /// Waits for the file to pass its check, showing the check's progress meanwhile.
+    async fn passed(&mut self) -> Result<Verdict> {
+        if self.verdict.borrow().is_none() {
+            let size = self.record.fingerprint.size;
+            self.held.store(true, Ordering::Relaxed);
+            lock(&self.meter).phase(
+                Phase::Validating,
+                self.validated.load(Ordering::Relaxed),
+                size,
+            );
+            let waited = self.verdict.wait_for(Option::is_some).await.map(|_| ());
+            self.held.store(false, Ordering::Relaxed);
+            waited
+                .map_err(|_| Error::Protocol("the file's check ended without a verdict".into()))?;
+            lock(&self.meter).phase(Phase::Transferring, self.record.confirmed_offset, size);
+        }
+        self.verdict
+            .borrow()
+            .clone()
+            .ok_or_else(|| Error::Protocol("the file's check ended without a verdict".into()))
+    }
+
+    /// The file passed: it is still the file this upload began with, and its dataset exists.
+    async fn register(&mut self) -> Result<()> {
+        let verdict = self.passed().await?;
+        let known = &self.record.fingerprint.sha256;
+        if !known.is_empty() && *known != verdict.fingerprint.sha256 {
+            return Err(Error::FileChanged(self.path.to_owned()));
+        }
+        if known.is_empty() {
+            self.record.fingerprint = verdict.fingerprint.clone();
+            self.store.save(self.record).await?;
+        }
+        let id = parse_uuid(self.record.dataset_id.as_deref())?;
+        let dataset = self
+            .api
+            .create_dataset(&CreateDatasetInput {
+                name: self.record.dataset_name.clone(),
+                description: self.description.map(str::to_owned),
+                format: Some(self.format.cloned().or(verdict.format).unwrap_or_default()),
+                file_name: self.file_name.to_owned(),
+                file_size: self.record.fingerprint.size,
+                id: Some(id),
+            })
+            .await?;
+        if dataset.id != id
+            || dataset.storage_bucket != self.bucket
+            || dataset.storage_path != self.object
+        {
+            return Err(Error::Protocol(format!(
+                "create_dataset put dataset {} at {}/{}, not at {}/{} where its bytes went",
+                dataset.id, dataset.storage_bucket, dataset.storage_path, self.bucket, self.object
+            )));
+        }
+        *self.registered = true;
+        Ok(())
+    }
 }
 
 impl TusHooks for Hooks<'_> {
@@ -472,6 +642,13 @@ impl TusHooks for Hooks<'_> {
 
     fn before_chunk(&mut self) -> brightrun_supabase::Result<()> {
         Ok(check_unchanged(self.path, &self.record.fingerprint)?)
+    }
+
+    async fn before_completing(&mut self) -> brightrun_supabase::Result<()> {
+        if !*self.registered {
+            self.register().await?;
+        }
+        Ok(())
     }
 
     /// The object is already there. Its path holds this dataset's id, so it is this upload's

@@ -23,6 +23,7 @@ fn dataset_input(name: &str) -> CreateDatasetInput {
         format: None,
         file_name: "chat data.jsonl".into(),
         file_size: 1234,
+        id: None,
     }
 }
 
@@ -164,6 +165,48 @@ async fn dataset_lifecycle() {
             .deleted_at
             .is_some(),
         "a deleted dataset can still be read (jobs refer to it)"
+    );
+}
+
+#[tokio::test]
+async fn create_dataset_with_a_chosen_id_is_idempotent_for_its_owner_only() {
+    let (user, api) = minted("api-chosen-id").await;
+    let id = Uuid::new_v4();
+    let input = CreateDatasetInput {
+        id: Some(id),
+        ..dataset_input("Chosen id")
+    };
+    let created = api.create_dataset(&input).await.expect("create with an id");
+    assert_eq!(created.id, id, "the chosen id is the row's");
+    assert_eq!(
+        created.storage_path,
+        brightrun_core::dataset_storage_path(user.id, id, "chat data.jsonl"),
+        "the path the client computed is the server's"
+    );
+    let again = api
+        .create_dataset(&input)
+        .await
+        .expect("the same call again");
+    assert_eq!(again, created, "a repeated call returns the same row");
+    assert_eq!(api.list_datasets().await.expect("list").len(), 1, "one row");
+
+    let other_file = CreateDatasetInput {
+        file_size: 99,
+        ..input.clone()
+    };
+    let (kind, message) = kind_of(api.create_dataset(&other_file).await);
+    assert_eq!(
+        kind,
+        ErrorCode::Conflict,
+        "another file under that id: {message}"
+    );
+
+    let (_other, other_api) = minted("api-chosen-id-other").await;
+    let (kind, message) = kind_of(other_api.create_dataset(&input).await);
+    assert_eq!(kind, ErrorCode::Conflict, "another user's id: {message}");
+    assert!(
+        !message.contains(&user.id.to_string()) && !message.contains("Chosen id"),
+        "nothing of the owner's row is told: {message}"
     );
 }
 

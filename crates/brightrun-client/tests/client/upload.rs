@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use brightrun_client::Secret;
 use brightrun_client::transfer::upload::{SignFn, sign_upload};
 use brightrun_client::transfer::{
-    Phase, Progress, ProgressFn, UploadOptions, UploadRequest, Uploader,
+    DatasetTarget, Phase, Progress, ProgressFn, UploadOptions, UploadRequest, Uploader,
 };
 use brightrun_stack::testing::mint_user;
 use serde_json::json;
 
 use brightrun_client::testing::*;
-use brightrun_stack::testing::{Direction, FaultProxy, sha256_hex};
+use brightrun_stack::testing::{AnswerProxy, Direction, FaultProxy, sha256_hex};
 
 fn options(chunk: u64) -> UploadOptions {
     UploadOptions {
@@ -162,8 +162,9 @@ async fn an_interrupted_upload_resumes_with_a_renewed_token_and_one_dataset() {
     assert_uploaded_once(user.id, &file, outcome.dataset_id).await;
     let seen = seen.lock().expect("lock");
     assert!(
-        seen.iter().any(|p| p.phase == Phase::Validating),
-        "validation progress is reported"
+        seen.iter()
+            .any(|p| p.phase == Phase::Transferring && p.bytes > resumed),
+        "the transfer's progress is reported"
     );
     let last = seen.last().expect("progress was reported");
     assert_eq!(
@@ -174,14 +175,15 @@ async fn an_interrupted_upload_resumes_with_a_renewed_token_and_one_dataset() {
 }
 
 #[tokio::test]
-async fn a_crash_after_create_dataset_adopts_that_dataset() {
+async fn a_crash_after_create_dataset_registers_that_dataset_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dataset_file(dir.path(), "adopt.jsonl", 64 * 1024);
     let user = mint_user(stack(), "upload-adopt").await;
     let store = local_store(dir.path()).await;
     let session = session_at(&stack().url, &user);
 
-    // The earlier run wrote its row, called create_dataset, and died before hearing the answer.
+    // The earlier run chose the dataset's id, sent the bytes, called create_dataset before the
+    // last chunk, and died before hearing the answer.
     let (_, fingerprint) = brightrun_client::transfer::upload::validate_file(
         &file,
         &Default::default(),
@@ -191,6 +193,7 @@ async fn a_crash_after_create_dataset_adopts_that_dataset() {
     .await
     .expect("validates");
     let canonical = std::fs::canonicalize(&file).expect("canonical path");
+    let target = DatasetTarget::new(user.id, "adopt.jsonl");
     store
         .start(
             session.project().url.as_str(),
@@ -198,6 +201,7 @@ async fn a_crash_after_create_dataset_adopts_that_dataset() {
             &canonical.to_string_lossy(),
             &fingerprint,
             "adopt",
+            &target,
         )
         .await
         .expect("state row");
@@ -205,7 +209,7 @@ async fn a_crash_after_create_dataset_adopts_that_dataset() {
         .post(format!("{}/rest/v1/rpc/create_dataset", stack().url))
         .header("apikey", &stack().anon_key)
         .bearer_auth(&user.access_token)
-        .json(&json!({"name": "adopt", "file_name": "adopt.jsonl", "file_size": fingerprint.size}))
+        .json(&json!({"name": "adopt", "file_name": "adopt.jsonl", "file_size": fingerprint.size, "id": target.id}))
         .send()
         .await
         .expect("create_dataset");
@@ -215,7 +219,113 @@ async fn a_crash_after_create_dataset_adopts_that_dataset() {
         .upload(&UploadRequest::new(&file), None)
         .await
         .expect("the upload completes");
+    assert_eq!(
+        outcome.dataset_id, target.id,
+        "the chosen id is the dataset's"
+    );
     assert_uploaded_once(user.id, &file, outcome.dataset_id).await;
+}
+
+#[tokio::test]
+async fn a_file_failing_its_check_mid_upload_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dataset_file(dir.path(), "late-error.jsonl", 16 * 1024 * 1024);
+    // Every line is fine but the last: the check finds the error only at the end of the file,
+    // while the bytes before it are already going.
+    let mut bytes = std::fs::read(&file).expect("read");
+    let good_lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+    bytes.extend_from_slice(b"{\"messages\": [{\"role\": \"user\", \"content\": \"cut off\"\n");
+    std::fs::write(&file, &bytes).expect("write");
+    let user = mint_user(stack(), "upload-late-error").await;
+    let proxy = AnswerProxy::start(&stack().url).await;
+    let uploader = Uploader::new(
+        session_at(&proxy.url(), &user),
+        local_store(dir.path()).await,
+        options(256 * 1024),
+    );
+    let error = uploader
+        .upload(&UploadRequest::new(&file), None)
+        .await
+        .expect_err("a file with an error is refused");
+    let brightrun_client::Error::Invalid(report) = error else {
+        panic!("expected the validation report, got {error:?}");
+    };
+    assert_eq!(report.error_count, 1, "one error: {:?}", report.errors);
+    assert_eq!(
+        report.errors[0].line,
+        Some(good_lines + 1),
+        "the error names the last line"
+    );
+
+    let seen = proxy.seen();
+    let tus: Vec<_> = seen
+        .iter()
+        .filter(|s| s.path.starts_with("/storage/v1/upload/resumable"))
+        .collect();
+    let patches = tus
+        .iter()
+        .filter(|s| s.method == "PATCH" && s.status == 204)
+        .count();
+    assert!(
+        patches >= 1,
+        "bytes went before the verdict (the case under test): {seen:?}"
+    );
+    assert!(
+        (patches as u64) * 256 * 1024 < bytes.len() as u64,
+        "the last chunk never went: {patches} PATCHes for {} bytes",
+        bytes.len()
+    );
+    let last = tus.last().expect("TUS requests");
+    assert_eq!(
+        (last.method.as_str(), last.status),
+        ("DELETE", 204),
+        "the unfinished upload was terminated: {tus:?}"
+    );
+    assert!(
+        seen.iter().all(|s| !s.path.contains("create_dataset")),
+        "the dataset was never registered: {seen:?}"
+    );
+    assert!(
+        dataset_rows(user.id).await.is_empty(),
+        "no dataset row, not even a deleted one"
+    );
+    let db = stack().db().await;
+    let objects: i64 = sqlx::query_scalar(
+        "select count(*) from storage.objects where bucket_id = 'lora-datasets' and name like $1",
+    )
+    .bind(format!("{}/%", user.id))
+    .fetch_one(&db)
+    .await
+    .expect("objects query");
+    db.close().await;
+    assert_eq!(objects, 0, "no object in the user's folder");
+    // The terminated upload is gone on the server: HEAD on its URL answers 404.
+    let url = format!("{}{}", stack().url, last.path);
+    let token = sign_upload(uploader.session(), "lora-datasets", &object_of(&last.path))
+        .await
+        .expect("a token for the same path");
+    let head = http()
+        .head(&url)
+        .header("tus-resumable", "1.0.0")
+        .header("apikey", &stack().anon_key)
+        .header("x-signature", token.expose())
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 404, "the server forgot the upload");
+}
+
+/// The object name in a TUS upload URL's id (`base64url("<bucket>/<object>/<uuid>")`).
+fn object_of(path: &str) -> String {
+    use base64::Engine as _;
+    let id = path.rsplit('/').next().expect("an id");
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(id)
+        .expect("base64url id");
+    let text = String::from_utf8(decoded).expect("utf-8 id");
+    let (_bucket, rest) = text.split_once('/').expect("bucket/");
+    let (object, _uuid) = rest.rsplit_once('/').expect("/uuid");
+    object.to_owned()
 }
 
 #[tokio::test]

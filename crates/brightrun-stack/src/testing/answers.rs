@@ -76,11 +76,20 @@ struct Rule {
     answered: u32,
 }
 
+/// A request the proxy handled: method, path and the status it answered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
 #[derive(Debug)]
 struct Shared {
     upstream: String,
     http: reqwest::Client,
     rules: Mutex<Vec<Rule>>,
+    seen: Mutex<Vec<Seen>>,
 }
 
 impl Shared {
@@ -116,6 +125,7 @@ impl AnswerProxy {
             upstream: upstream_url.trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
             rules: Mutex::new(Vec::new()),
+            seen: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -148,6 +158,15 @@ impl AnswerProxy {
         self.shared.rules().iter().map(|r| r.answered).sum()
     }
 
+    /// Every request so far, in the order their answers began.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Forward everything again.
     pub fn clear(&self) {
         self.shared.rules().clear();
@@ -157,6 +176,20 @@ impl AnswerProxy {
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
+    let response = answer(&shared, request, &method, &path).await;
+    shared
+        .seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(Seen {
+            method,
+            path,
+            status: response.status().as_u16(),
+        });
+    response
+}
+
+async fn answer(shared: &Shared, request: Request, method: &str, path: &str) -> Response {
     let canned = {
         let mut rules = shared.rules();
         rules
@@ -187,7 +220,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         }
         return response;
     }
-    forward(&shared, request).await
+    forward(shared, request).await
 }
 
 async fn forward(shared: &Shared, request: Request) -> Response {
@@ -202,6 +235,13 @@ async fn forward(shared: &Shared, request: Request) -> Response {
         if name != axum::http::header::HOST {
             outbound = outbound.header(name, value);
         }
+    }
+    // As a reverse proxy does: the server's absolute URLs (TUS `Location`) name the proxy, so
+    // the requests that follow come through it too.
+    if let Some(host) = parts.headers.get(axum::http::header::HOST)
+        && !parts.headers.contains_key("x-forwarded-host")
+    {
+        outbound = outbound.header("x-forwarded-host", host);
     }
     let body = reqwest::Body::wrap_stream(body.into_data_stream());
     let upstream = match outbound.body(body).send().await {

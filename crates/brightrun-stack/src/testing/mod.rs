@@ -8,7 +8,7 @@ mod answers;
 mod fixtures;
 pub mod proxy;
 
-pub use answers::{Answer, AnswerProxy};
+pub use answers::{Answer, AnswerProxy, Seen};
 pub use fixtures::{DatasetShape, artifact_row, dataset_rows, ready_dataset, sha256_hex};
 pub use proxy::{Direction, FaultProxy};
 
