@@ -28,6 +28,7 @@ pub fn specta_builder<R: Runtime>() -> Builder<R> {
             commands::sign_out,
             commands::session_status,
             commands::whoami,
+            commands::inspect_dataset,
             commands::validate_dataset,
             commands::convert_dataset,
             commands::upload_dataset,

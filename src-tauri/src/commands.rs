@@ -20,6 +20,7 @@ use brightrun_client::app::prefs::{self, Preferences};
 use brightrun_client::app::{Listing, ProgressFn, Refresh, check_project};
 use brightrun_client::transfer::{Progress, UploadOutcome};
 use brightrun_client::watch::Visibility;
+use brightrun_core::dataset::FormatGuess;
 use brightrun_core::{
     CostEstimate, Dataset, GpuType, JobDraft, ModelArtifact, Notification, TrainingJob,
     TrainingPreset, ValidationReport,
@@ -135,6 +136,14 @@ pub async fn validate_dataset(
     let result = datasets::precheck(&app, request, Some(sink(progress)), &cancel).await;
     shell.end(&transfer);
     Ok(result?)
+}
+
+/// The format of a dropped file by its first lines, at once (a ShareGPT file is offered
+/// conversion before anything is sent).
+#[tauri::command]
+#[specta::specta]
+pub async fn inspect_dataset(shell: State<'_, Shell>, request: LocalFile) -> Answer<FormatGuess> {
+    Ok(datasets::inspect(&*shell.app().await?, request).await?)
 }
 
 #[tauri::command]

@@ -210,6 +210,30 @@ fn a_wrong_file_is_refused_before_any_work() {
 }
 
 #[test]
+fn a_dropped_file_is_known_by_its_first_lines() {
+    let shell = Shell::on_stack();
+    shell.sign_up();
+    let v3 = shell.dir.path().join("sharegpt.jsonl");
+    std::fs::write(
+        &v3,
+        "{\"conversations\": [{\"from\": \"human\", \"value\": \"hi\"}, {\"from\": \"gpt\", \"value\": \"hello\"}]}\n",
+    )
+    .expect("write");
+    let guess = shell
+        .invoke("inspect_dataset", json!({ "request": { "path": v3 } }))
+        .expect("a guess");
+    assert_eq!(
+        guess,
+        json!({"kind": "format", "format": "brightrun_lora_v3"}),
+        "a ShareGPT file is known at once"
+    );
+    let text = shell.dir.path().join("notes.txt");
+    std::fs::write(&text, "{}\n").expect("write");
+    let error = shell.refused("inspect_dataset", json!({ "request": { "path": text } }));
+    assert_wire(&error, "unsupported_type");
+}
+
+#[test]
 fn validation_reports_errors_with_their_lines() {
     let shell = Shell::on_stack();
     shell.sign_up();

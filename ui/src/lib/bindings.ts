@@ -22,6 +22,11 @@ export const commands = {
 	sessionStatus: () => typedError<SessionStatus, WireError>(__TAURI_INVOKE("session_status")),
 	/**  Who is signed in, restoring the keychain's session at the first call. */
 	whoami: () => typedError<Account, WireError>(__TAURI_INVOKE("whoami")),
+	/**
+	 *  The format of a dropped file by its first lines, at once (a ShareGPT file is offered
+	 *  conversion before anything is sent).
+	 */
+	inspectDataset: (request: LocalFile) => typedError<FormatGuess, WireError>(__TAURI_INVOKE("inspect_dataset", { request })),
 	validateDataset: (request: LocalFile, transfer: string, progress: Channel<Progress>) => typedError<ValidationReport, WireError>(__TAURI_INVOKE("validate_dataset", { request, transfer, progress })),
 	convertDataset: (request: ConvertFile) => typedError<Converted, WireError>(__TAURI_INVOKE("convert_dataset", { request })),
 	/**
@@ -467,6 +472,19 @@ export type ErrorCode =
 "not_configured" | 
 /**  This machine failed: a file could not be read or written, the local database failed. */
 "local";
+
+/**  What the first lines look like. */
+export type FormatGuess = 
+/**  Every examined line that names a format names this one. */
+{ kind: "format"; format: string } | 
+/**  Both `messages` and `conversations` lines appear. */
+{ kind: "mixed" } | 
+/**  The file starts with `[`: a JSON array, not one object per line. */
+{ kind: "json_array" } | 
+/**  The first non-blank line does not parse as JSON (wrong file, or pretty-printed JSON). */
+{ kind: "not_json_lines" } | 
+/**  No line was examined, or none names a format. */
+{ kind: "unknown" };
 
 /**  `training_jobs.gpu_config` (GPUConfig): the GPU choice snapshotted on the job. */
 export type GpuConfig = {

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use brightrun_core::dataset::{
-    ContextWindow, ConversionError, ConversionSummary, convert_v3_to_v4,
+    ContextWindow, ConversionError, ConversionSummary, FormatGuess, HeadExtent, convert_v3_to_v4,
+    detect_format,
 };
 use brightrun_core::{
     DATASET_EXTENSIONS, DATASET_MAX_BYTES, Dataset, DatasetStatus, ModelTokenizer, ValidationMode,
@@ -61,6 +62,33 @@ pub fn check_file(path: &Path) -> Result<u64> {
         )));
     }
     Ok(meta.len())
+}
+
+/// Bytes of a file [`inspect`] reads.
+const HEAD_BYTES: usize = 64 * 1024;
+
+/// A look at the start of a local file, at once: its format by the first lines that name one
+/// (what a drop target decides on before sending: a ShareGPT file is offered conversion).
+/// Reads at most 64 KiB; nothing is sent. [`upload`] checks the whole file as it sends it.
+pub async fn inspect(_app: &App, request: LocalFile) -> Result<FormatGuess> {
+    check_file(&request.path)?;
+    let path = request.path;
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let mut head = Vec::with_capacity(HEAD_BYTES + 1);
+        std::fs::File::open(&path)?
+            .take(HEAD_BYTES as u64 + 1)
+            .read_to_end(&mut head)?;
+        let extent = if head.len() > HEAD_BYTES {
+            head.truncate(HEAD_BYTES);
+            HeadExtent::Prefix
+        } else {
+            HeadExtent::WholeFile
+        };
+        Ok(detect_format(&head, extent))
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))?
 }
 
 /// The full local report: every error and warning with line, field and suggestion, and the

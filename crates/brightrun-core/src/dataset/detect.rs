@@ -18,6 +18,7 @@ pub enum HeadExtent {
 
 /// What the first lines look like.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "specta", derive(specta::Type))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FormatGuess {
     /// Every examined line that names a format names this one.

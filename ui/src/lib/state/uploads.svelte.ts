@@ -1,6 +1,7 @@
-// Files dropped or picked, one after the other: checked and validated locally, then uploaded
-// with progress if they have no errors; a file with errors uploads nothing and keeps its
-// report; a ShareGPT (v3) file is offered a one-click conversion. Uploads interrupted by a
+// Files dropped or picked, one after the other: uploaded at once with progress while the
+// upload checks them (the last chunk waits for the verdict); a file with errors leaves nothing
+// on the server and keeps its report; a ShareGPT (v3) file, known by its first lines, is
+// offered a one-click conversion first. Uploads interrupted by a
 // quit, a crash or a cut are listed at the next start and resume from the server's offset.
 
 import { call, commands, progressChannel, transferId, wireOf } from "../api";
@@ -157,9 +158,31 @@ export class Uploads {
     }
   }
 
+  /** A quick look at the file's first lines (a ShareGPT file is offered conversion), then the
+   * upload, which checks the whole file while it sends it. A file with errors uploads nothing;
+   * its full report is then fetched for the screen. */
   private async process(upload: Upload): Promise<void> {
     upload.stage = "validating";
     upload.error = null;
+    upload.progress = null;
+    try {
+      const guess = await call(commands.inspectDataset({ path: upload.path }));
+      if (guess.kind === "format" && guess.format === "brightrun_lora_v3") {
+        upload.stage = "sharegpt";
+        return;
+      }
+    } catch (e) {
+      this.failed(upload, e);
+      return;
+    }
+    await this.upload(upload);
+  }
+
+  /** The whole report of a file the upload refused as invalid, for the screen; `refusal` stands
+   * when the file itself has no errors (the server refused something else). */
+  private async explain(upload: Upload, refusal: unknown): Promise<void> {
+    upload.stage = "validating";
+    upload.progress = null;
     const transfer = transferId("validate");
     upload.transfer = transfer;
     try {
@@ -171,21 +194,13 @@ export class Uploads {
         ),
       );
       upload.report = report;
-      if (report.error_count > 0) {
-        upload.stage = "invalid";
-        return;
-      }
-      if (report.format === "brightrun_lora_v3") {
-        upload.stage = "sharegpt";
-        return;
-      }
+      if (report.error_count > 0) upload.stage = "invalid";
+      else this.failed(upload, refusal);
     } catch (e) {
       this.failed(upload, e);
-      return;
     } finally {
       upload.transfer = null;
     }
-    await this.upload(upload);
   }
 
   private async upload(upload: Upload): Promise<void> {
@@ -211,6 +226,11 @@ export class Uploads {
         this.follow(upload, newest);
       }
     } catch (e) {
+      upload.transfer = null;
+      if (wireOf(e).code === "validation_failed") {
+        await this.explain(upload, e);
+        return;
+      }
       this.failed(upload, e);
     } finally {
       upload.transfer = null;

@@ -47,6 +47,15 @@ function dataset(status: string, updated_at: string): Dataset {
   };
 }
 
+const V4 = { kind: "format", format: "brightrun_lora_v4" };
+
+/** The upload's refusal of a file with errors (the client's `Invalid`). */
+const INVALID: WireError = {
+  code: "validation_failed",
+  message: "the file has 2 errors",
+  retryable: false,
+};
+
 function outcome(row: Dataset): UploadOutcome {
   return {
     dataset_id: row.id,
@@ -78,7 +87,7 @@ describe("Uploads", () => {
     const uploads = new Uploads();
     mockIPC((cmd) => {
       calls.push(cmd);
-      if (cmd === "validate_dataset") return report(0);
+      if (cmd === "inspect_dataset") return V4;
       if (cmd === "upload_dataset") {
         // The server's change arrives before the command's own answer.
         uploads.datasetChanged(dataset("ready", "2026-12-07T10:00:02Z"));
@@ -88,7 +97,8 @@ describe("Uploads", () => {
     });
     const [upload] = uploads.add(["/data/chats.jsonl"]);
     await settled(upload!);
-    expect(calls).toEqual(["validate_dataset", "upload_dataset"]);
+    // No check before the upload: the upload checks the file while it sends it.
+    expect(calls).toEqual(["inspect_dataset", "upload_dataset"]);
     expect(upload!.stage).toBe("ready");
     expect(upload!.dataset?.status).toBe("ready");
   });
@@ -96,7 +106,7 @@ describe("Uploads", () => {
   it("moves a processing upload on when the server rejects its dataset", async () => {
     const uploads = new Uploads();
     mockIPC((cmd) =>
-      cmd === "validate_dataset" ? report(0) : outcome(dataset("validating", "2026-12-07T10:00:01Z")),
+      cmd === "inspect_dataset" ? V4 : outcome(dataset("validating", "2026-12-07T10:00:01Z")),
     );
     const [upload] = uploads.add(["/data/chats.jsonl"]);
     await settled(upload!);
@@ -108,28 +118,48 @@ describe("Uploads", () => {
     expect(upload!.stage).toBe("rejected");
   });
 
-  it("uploads nothing for a file with errors", async () => {
+  it("keeps the report of a file the upload refused for its errors", async () => {
     const uploads = new Uploads();
     mockIPC((cmd) => {
       calls.push(cmd);
+      if (cmd === "inspect_dataset") return V4;
+      if (cmd === "upload_dataset") throw INVALID;
       return report(2);
     });
     const [upload] = uploads.add(["/data/broken.jsonl"]);
     await settled(upload!);
-    expect(calls).toEqual(["validate_dataset"]);
+    expect(calls).toEqual(["inspect_dataset", "upload_dataset", "validate_dataset"]);
     expect(upload!.stage).toBe("invalid");
     expect(upload!.report?.error_count).toBe(2);
+  });
+
+  it("shows the server's refusal when the file itself has no errors", async () => {
+    const uploads = new Uploads();
+    const refusal: WireError = {
+      code: "validation_failed",
+      message: "name must be 1 to 200 characters",
+      retryable: false,
+    };
+    mockIPC((cmd) => {
+      if (cmd === "inspect_dataset") return V4;
+      if (cmd === "upload_dataset") throw refusal;
+      return report(0);
+    });
+    const [upload] = uploads.add(["/data/chats.jsonl"]);
+    await settled(upload!);
+    expect(upload!.stage).toBe("failed");
+    expect(upload!.error?.message).toBe(refusal.message);
   });
 
   it("offers a ShareGPT file a conversion instead of uploading it", async () => {
     const uploads = new Uploads();
     mockIPC((cmd) => {
       calls.push(cmd);
-      return report(0, "brightrun_lora_v3");
+      return { kind: "format", format: "brightrun_lora_v3" };
     });
     const [upload] = uploads.add(["/data/v3.jsonl"]);
     await settled(upload!);
-    expect(calls).toEqual(["validate_dataset"]);
+    expect(calls).toEqual(["inspect_dataset"]);
     expect(upload!.stage).toBe("sharegpt");
   });
 
@@ -144,7 +174,7 @@ describe("Uploads", () => {
       retryable: false,
     };
     mockIPC((cmd) => {
-      if (cmd === "validate_dataset") return report(0);
+      if (cmd === "inspect_dataset") return V4;
       throw refused;
     });
     const [upload] = uploads.add(["/data/chats.jsonl"]);
@@ -159,10 +189,12 @@ describe("Uploads", () => {
     const paths: string[] = [];
     mockIPC((cmd, payload) => {
       const request = (payload as { request: { path: string } }).request;
-      if (cmd === "validate_dataset") {
+      if (cmd === "inspect_dataset") {
         paths.push(request.path);
-        return report(1);
+        return { kind: "not_json_lines" };
       }
+      if (cmd === "upload_dataset") throw INVALID;
+      if (cmd === "validate_dataset") return report(1);
       throw new Error(`unexpected ${cmd}`);
     });
     const added = uploads.add(["/data/a.jsonl", "/data/b.jsonl"]);
