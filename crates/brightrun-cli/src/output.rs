@@ -588,8 +588,15 @@ pub fn model(m: &ModelArtifact) -> String {
         .base_model
         .as_deref()
         .unwrap_or(&m.configuration.hyperparameters.base_model);
+    let trained_on = match (&m.training_summary.backend, m.training_summary.attempt) {
+        (Some(backend), Some(attempt)) if attempt > 1 => {
+            format!(" on {backend} (attempt {attempt})")
+        }
+        (Some(backend), _) => format!(" on {backend}"),
+        (None, _) => String::new(),
+    };
     format!(
-        "{}\n  id: {}\n  job: {}\n  dataset: {}\n  base model: {base}\n  final loss: {:.4} ({})\n  training: {} epochs, {:.2} GPU-hours, ${:.2}\n  files:\n{files}",
+        "{}\n  id: {}\n  job: {}\n  dataset: {}\n  base model: {base}\n  final loss: {:.4} ({})\n  training: {} epochs, {:.2} GPU-hours, ${:.2}{trained_on}\n  files:\n{files}",
         m.name,
         m.id,
         m.job_id,

@@ -567,6 +567,14 @@ pub struct TrainingSummary {
     pub avg_throughput: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_tokens_processed: Option<u64>,
+    /// Where the job trained, as the worker names its backend: `candle` (the worker's own CPU
+    /// trainer), `ray` (a Ray cluster, through its Jobs API), `fake-remote`, `scripted`.
+    /// Absent in summaries written before the worker recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The attempt that completed (1 unless the job was retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// `model_artifacts.configuration`: a copy of the job's configuration.

@@ -1017,6 +1017,14 @@ export type TrainingSummary = {
 	total_cost: number | null,
 	avg_throughput?: number | null,
 	total_tokens_processed?: number | null,
+	/**
+	 *  Where the job trained, as the worker names its backend: `candle` (the worker's own CPU
+	 *  trainer), `ray` (a Ray cluster, through its Jobs API), `fake-remote`, `scripted`.
+	 *  Absent in summaries written before the worker recorded it.
+	 */
+	backend?: string | null,
+	/**  The attempt that completed (1 unless the job was retried). */
+	attempt?: number | null,
 };
 
 /**  Message counts. A turn is one message, of any role. */
@@ -1036,7 +1044,8 @@ export type UploadDataset = {
 	/**  A new dataset even if this exact file was uploaded before. */
 	new?: boolean,
 	/**
-	 *  The check before sending: `true` every rule but token counting
+	 *  The check made while the file is sent (its last chunk waits for it): `true` every rule
+	 *  but token counting
 	 *  ([`ValidationMode::Structural`]), `false` the full report with exact token counts.
 	 *  `None`: structural for files of [`STRUCTURAL_FROM_BYTES`] or more, full below. The
 	 *  worker validates every upload in full on the server either way, and its report (token

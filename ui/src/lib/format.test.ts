@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 
-import { bytes, count, duration, money, plural, rate, relative } from "./format";
+import { bytes, count, duration, money, plural, rate, relative, trainedOn } from "./format";
 
 describe("format", () => {
   it("reads sizes in the unit that fits", () => {
@@ -19,6 +19,14 @@ describe("format", () => {
     expect(duration(180)).toBe("3 min");
     expect(duration(7500)).toBe("2 h 5 min");
     expect(duration(null)).toBe("–");
+  });
+
+  it("says where a job trained", () => {
+    expect(trainedOn("ray")).toBe("a Ray cluster");
+    expect(trainedOn("candle", 1)).toBe("the worker's CPU (candle)");
+    expect(trainedOn("ray", 2)).toBe("a Ray cluster, attempt 2");
+    expect(trainedOn("some-new-backend")).toBe("some-new-backend");
+    expect(trainedOn(undefined)).toBe("–");
   });
 
   it("reads counts, money and plurals", () => {

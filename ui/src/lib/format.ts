@@ -78,3 +78,18 @@ export function exact(iso: string | null | undefined): string {
 export function plural(n: number, noun: string, nouns = `${noun}s`): string {
   return `${count(n)} ${n === 1 ? noun : nouns}`;
 }
+
+/** Where a job trained, from the worker's name for its backend, to follow "trained on". */
+export function trainedOn(backend: string | null | undefined, attempt?: number | null): string {
+  const where =
+    backend === "candle"
+      ? "the worker's CPU (candle)"
+      : backend === "ray"
+        ? "a Ray cluster"
+        : backend === "fake-remote"
+          ? "a simulated GPU provider"
+          : backend === "scripted"
+            ? "a scripted trainer (tests)"
+            : backend ?? "–";
+  return attempt && attempt > 1 ? `${where}, attempt ${attempt}` : where;
+}

@@ -266,7 +266,8 @@ pub struct UploadDataset {
     /// A new dataset even if this exact file was uploaded before.
     #[serde(default)]
     pub new: bool,
-    /// The check before sending: `true` every rule but token counting
+    /// The check made while the file is sent (its last chunk waits for it): `true` every rule
+    /// but token counting
     /// ([`ValidationMode::Structural`]), `false` the full report with exact token counts.
     /// `None`: structural for files of [`STRUCTURAL_FROM_BYTES`] or more, full below. The
     /// worker validates every upload in full on the server either way, and its report (token

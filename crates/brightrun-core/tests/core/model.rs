@@ -407,3 +407,23 @@ fn a_warmup_as_long_as_the_run_is_flagged() {
     hp.warmup_steps = None;
     assert_eq!(hp.schedule_warning(10), None, "no warm-up, nothing to say");
 }
+
+#[test]
+fn a_training_summary_says_where_the_job_trained() {
+    // What the worker writes (train_job.rs), and what summaries older than `backend` hold.
+    let summary: brightrun_core::TrainingSummary = round_trip(json!({
+        "duration_seconds": 8.5, "total_epochs": 1, "final_learning_rate": 0.0001,
+        "gpu_hours": 0.0024, "total_cost": 0.01, "backend": "ray", "attempt": 2,
+    }));
+    assert_eq!(
+        summary.backend.as_deref(),
+        Some("ray"),
+        "the backend is kept"
+    );
+    assert_eq!(summary.attempt, Some(2), "the attempt is kept");
+    let older: brightrun_core::TrainingSummary = round_trip(json!({
+        "duration_seconds": 8.5, "total_epochs": 1, "final_learning_rate": 0.0001,
+        "gpu_hours": 0.0024, "total_cost": 0.01,
+    }));
+    assert_eq!(older.backend, None, "an older summary has none");
+}
