@@ -79,7 +79,7 @@ export function plural(n: number, noun: string, nouns = `${noun}s`): string {
   return `${count(n)} ${n === 1 ? noun : nouns}`;
 }
 
-/** Where a job trained, from the worker's name for its backend, to follow "trained on". */
+/** Where a job trained, from the worker's name for its backend, to follow "ran on". */
 export function trainedOn(backend: string | null | undefined, attempt?: number | null): string {
   const where =
     backend === "candle"
