@@ -410,15 +410,20 @@ async fn wait_done(
     }
 }
 
-async fn ray_logs(http: &reqwest::Client, head: &LocalHead, submission: &str) -> Result<String> {
-    let logs: Value = http
-        .get(format!("{}/api/jobs/{submission}/logs", head.address))
+/// `GET /api/jobs/<path>` of the head, as JSON.
+async fn ray_get(http: &reqwest::Client, head: &LocalHead, path: &str) -> Result<Value> {
+    Ok(http
+        .get(format!("{}/api/jobs/{path}", head.address))
         .bearer_auth(&head.token)
         .send()
         .await?
         .error_for_status()?
         .json()
-        .await?;
+        .await?)
+}
+
+async fn ray_logs(http: &reqwest::Client, head: &LocalHead, submission: &str) -> Result<String> {
+    let logs = ray_get(http, head, &format!("{submission}/logs")).await?;
     Ok(logs["logs"].as_str().unwrap_or_default().to_owned())
 }
 
@@ -433,14 +438,7 @@ async fn verify(
     summary: &mut Summary,
 ) -> Result<()> {
     // The Ray job: ours, run by the Python entrypoint, and its event lines.
-    let ray: Value = http
-        .get(format!("{}/api/jobs/{submission}", head.address))
-        .bearer_auth(&head.token)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let ray = ray_get(http, head, submission).await?;
     ensure!(
         ray["status"] == "SUCCEEDED" && ray["entrypoint"] == "python train.py",
         "the Ray job is not a succeeded `python train.py`: {ray}"

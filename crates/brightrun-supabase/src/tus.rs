@@ -198,7 +198,7 @@ struct State {
     /// The offset must be read from the server before the next PATCH.
     resync: bool,
     /// The next chunk, being read from disk while the current PATCH is answered: its offset.
-    ahead: Option<(u64, tokio::task::JoinHandle<std::io::Result<bytes::Bytes>>)>,
+    ahead: Option<(u64, ChunkRead)>,
 }
 
 impl ResumableUpload<'_> {
@@ -301,16 +301,17 @@ impl ResumableUpload<'_> {
         if start + len >= self.size {
             hooks.before_completing().await?;
         }
-        let chunk = match state.ahead.take() {
-            Some((at, read)) if at == start => read.await.map_err(std::io::Error::other)??,
-            _ => read_chunk(self.file.to_owned(), start, len).await?,
+        let read = match state.ahead.take() {
+            Some((at, read)) if at == start => read,
+            _ => read_chunk(self.file.to_owned(), start, len),
         };
         // Read the next chunk while this one goes and the server stores it.
         let next = start + len;
         if next < self.size {
-            let read = read_chunk(self.file.to_owned(), next, self.chunk_len(next));
-            state.ahead = Some((next, tokio::spawn(read)));
+            let ahead = read_chunk(self.file.to_owned(), next, self.chunk_len(next));
+            state.ahead = Some((next, ahead));
         }
+        let chunk = read.await.map_err(std::io::Error::other)??;
         match self.patch(&auth, &url, start, chunk).await {
             Ok(offset) => {
                 state.offset = offset;
@@ -505,13 +506,11 @@ enum Step {
     Done,
 }
 
-/// `len` bytes of `file` from `start`, read on a blocking thread in one go (a chunk is 6 MiB:
-/// one read instead of a hundred 64 KiB hops through tokio's file adapter).
-async fn read_chunk(
-    file: std::path::PathBuf,
-    start: u64,
-    len: u64,
-) -> std::io::Result<bytes::Bytes> {
+/// A read of `len` bytes of `file` from `start`, in one go on a blocking thread (a chunk is
+/// 6 MiB: one read instead of a hundred 64 KiB hops through tokio's file adapter).
+type ChunkRead = tokio::task::JoinHandle<std::io::Result<bytes::Bytes>>;
+
+fn read_chunk(file: std::path::PathBuf, start: u64, len: u64) -> ChunkRead {
     tokio::task::spawn_blocking(move || {
         use std::io::{Read as _, Seek as _};
         let mut f = std::fs::File::open(file)?;
@@ -520,8 +519,6 @@ async fn read_chunk(
         f.read_exact(&mut buf)?;
         Ok(bytes::Bytes::from(buf))
     })
-    .await
-    .map_err(std::io::Error::other)?
 }
 
 async fn request(

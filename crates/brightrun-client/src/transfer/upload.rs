@@ -30,7 +30,7 @@ use brightrun_core::{
     ValidationMode, ValidationOptions, ValidationReport,
 };
 use brightrun_supabase::tus::{ResumableUpload, TusAuth, TusHooks, TusMetadata, TusOptions};
-use brightrun_supabase::{ApiError, RetryPolicy, Storage};
+use brightrun_supabase::{ApiError, RetryPolicy};
 use futures::future::BoxFuture;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -510,7 +510,6 @@ impl Run<'_> {
         let mut hooks = Hooks {
             signer: self.up.signer.clone(),
             api: &self.up.api,
-            storage: self.up.api.storage().clone(),
             store: &self.up.store,
             record: &mut self.record,
             bucket,
@@ -539,7 +538,6 @@ impl Run<'_> {
 struct Hooks<'a> {
     signer: SignFn,
     api: &'a Api,
-    storage: Storage,
     store: &'a UploadStateStore,
     record: &'a mut UploadRecord,
     bucket: String,
@@ -559,23 +557,25 @@ struct Hooks<'a> {
 impl Hooks<'_> {
     /// Waits for the file to pass its check, showing the check's progress meanwhile.
     async fn passed(&mut self) -> Result<Verdict> {
-        if self.verdict.borrow().is_none() {
-            let size = self.record.fingerprint.size;
+        let size = self.record.fingerprint.size;
+        let held = self.verdict.borrow().is_none();
+        if held {
             self.held.store(true, Ordering::Relaxed);
-            lock(&self.meter).phase(
-                Phase::Validating,
-                self.validated.load(Ordering::Relaxed),
-                size,
-            );
-            let waited = self.verdict.wait_for(Option::is_some).await.map(|_| ());
+            let validated = self.validated.load(Ordering::Relaxed);
+            lock(&self.meter).phase(Phase::Validating, validated, size);
+        }
+        let verdict = self
+            .verdict
+            .wait_for(Option::is_some)
+            .await
+            .map(|v| v.clone());
+        if held {
             self.held.store(false, Ordering::Relaxed);
-            waited
-                .map_err(|_| Error::Protocol("the file's check ended without a verdict".into()))?;
             lock(&self.meter).phase(Phase::Transferring, self.record.confirmed_offset, size);
         }
-        self.verdict
-            .borrow()
-            .clone()
+        verdict
+            .ok()
+            .flatten()
             .ok_or_else(|| Error::Protocol("the file's check ended without a verdict".into()))
     }
 
@@ -654,7 +654,11 @@ impl TusHooks for Hooks<'_> {
     /// The object is already there. Its path holds this dataset's id, so it is this upload's
     /// own bytes when the size matches (an earlier run finished but did not hear the answer).
     async fn exists(&mut self, _answer: &ApiError) -> brightrun_supabase::Result<bool> {
-        let stored = self.storage.object_size(&self.bucket, &self.object).await?;
+        let stored = self
+            .api
+            .storage()
+            .object_size(&self.bucket, &self.object)
+            .await?;
         Ok(stored == Some(self.record.fingerprint.size))
     }
 }

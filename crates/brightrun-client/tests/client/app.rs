@@ -280,6 +280,21 @@ async fn preferences_are_checked_kept_and_used() {
     );
 }
 
+/// How many datasets the server lists for the app's user.
+async fn server_datasets(app: &brightrun_client::app::App) -> usize {
+    datasets::list(
+        app,
+        datasets::ListDatasets {
+            refresh: Refresh::Server,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("list")
+    .items
+    .len()
+}
+
 #[tokio::test]
 async fn an_upload_checks_large_files_structurally_and_small_ones_in_full_unless_told() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -359,29 +374,9 @@ async fn an_upload_checks_large_files_structurally_and_small_ones_in_full_unless
         "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n{not json\n",
     )
     .expect("write");
-    let before = datasets::list(
-        &app,
-        datasets::ListDatasets {
-            refresh: Refresh::Server,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("list")
-    .items
-    .len();
+    let before = server_datasets(&app).await;
     let error = upload(broken, Some(true)).await.expect_err("refused");
     assert_eq!(error.code(), ErrorCode::ValidationFailed, "{error}");
-    let after = datasets::list(
-        &app,
-        datasets::ListDatasets {
-            refresh: Refresh::Server,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("list")
-    .items
-    .len();
+    let after = server_datasets(&app).await;
     assert_eq!(before, after, "no dataset row for a refused file");
 }

@@ -226,7 +226,6 @@ export class Uploads {
         this.follow(upload, newest);
       }
     } catch (e) {
-      upload.transfer = null;
       if (wireOf(e).code === "validation_failed") {
         await this.explain(upload, e);
         return;
